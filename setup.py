@@ -1,0 +1,32 @@
+"""sparsejax: sparse neural network training in JAX (pruning, lottery tickets, dynamic sparse training)."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.30,<0.11",
+    "flax>=0.10,<0.13",
+    "optax>=0.2.3,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml-collections>=0.1.1,<1.2",
+    "tensorflow-datasets>=4.9.6,<4.10",
+    "importlib_resources>=6",
+    "pillow>=10",
+    "mnist1d>=0.0.2",
+    "scikit-learn>=1.3",
+    "matplotlib>=3.7",
+    "absl-py>=2",
+    "numpy>=1.26",
+    "tqdm>=4.60",
+]
+
+setuptools.setup(
+    name="sparsejax",
+    version="0.1.0",
+    description="Sparse neural network training in JAX: GMP, lottery tickets, DST and pruning at init.",
+    packages=setuptools.find_packages(include=["sparsejax", "sparsejax.*", "experiments", "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86"],
+        "tf": ["tensorflow-cpu>=2.16"],
+    },
+)

@@ -1,0 +1,145 @@
+"""The sparsity section of a config: defaults, and validation with errors that name the field and accepted values.
+
+Every field is checked before anything is compiled or written. `validate` returns a plain dict with defaults filled in.
+"""
+from __future__ import annotations
+
+import numbers
+import re
+from typing import Any, Mapping
+
+from sparsejax import distributions, granularity, schedules
+
+DEFAULTS: dict[str, Any] = {
+    "algorithm": "dense",
+    "target": 0.0,             # final sparsity of the prunable weights
+    "distribution": "uniform",
+    "granularity": "unstructured",
+    "nm_axis": None,            # axis of the groups of m for 'n:m'; None: the input axis of a kernel (ndim - 2)
+    "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: every ndim >= 2 leaf
+    "min_density": 0.0,         # per-layer floor (distribution 'global')
+    "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
+    "begin_step": 0,
+    "end_step": 0,
+    "update_every": 100,
+    "initial_sparsity": 0.0,    # gmp: s_i of Zhu & Gupta
+    "power": 3.0,               # gmp: exponent of the polynomial schedule
+    "seed": 0,                  # PRNG seed of random scores, random growth and random masks
+    # imp (lottery tickets)
+    "levels": 0,
+    "prune_fraction": 0.2,
+    "rewind": "init",           # init | step | lr | finetune
+    "rewind_step": 0,
+    "control": "none",          # none | random_reinit | random_mask
+    # set, rigl, granet
+    "drop_fraction": 0.3,
+    "drop_schedule": "cosine",
+    "init_distribution": "erk",  # distribution of the initial random mask of sparse-to-sparse methods
+    "initial": "dense",          # granet: dense (dense-to-sparse) | sparse (sparse-to-sparse, random ERK start)
+    # pruning at initialisation
+    "iterations": 100,          # synflow rounds
+    "num_batches": 1,           # snip / grasp batches
+    "temperature": 200.0,       # grasp logit temperature
+}
+
+CHOICES = {
+    "distribution": distributions.DISTRIBUTIONS,
+    "rewind": ("init", "step", "lr", "finetune"),
+    "control": ("none", "random_reinit", "random_mask"),
+    "drop_schedule": schedules.DROP_SCHEDULES,
+    "init_distribution": distributions.DISTRIBUTIONS[:3],
+    "initial": ("dense", "sparse"),
+}
+
+
+def _as_dict(config) -> dict:
+  if hasattr(config, "to_dict"):
+    return config.to_dict()
+  if isinstance(config, Mapping):
+    return dict(config)
+  raise ValueError(f"config.sparsity must be a ConfigDict or a dict, got {type(config).__name__}")
+
+
+def _check_number(cfg, field, lo, hi, integer=False, lo_open=False, hi_open=False):
+  v = cfg[field]
+  ok_type = isinstance(v, numbers.Integral) if integer else isinstance(v, numbers.Real)
+  if isinstance(v, bool) or not ok_type:
+    raise ValueError(f"config.sparsity.{field}: expected {'an int' if integer else 'a number'}, got {v!r}")
+  bad_lo = v <= lo if lo_open else v < lo
+  bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+  if bad_lo or bad_hi:
+    lb = "(" if lo_open else "["
+    rb = ")" if hi_open else "]"
+    raise ValueError(f"config.sparsity.{field}={v!r} is outside {lb}{lo}, {'inf' if hi is None else hi}{rb}")
+
+
+def validate(config, algorithms) -> dict:
+  """Defaults filled in and every field checked; `algorithms` are the accepted algorithm names."""
+  cfg = _as_dict(config)
+  unknown = sorted(set(cfg) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"config.sparsity: unknown field(s) {unknown}; accepted fields are {sorted(DEFAULTS)}")
+  cfg = {**DEFAULTS, **cfg}
+  if cfg["algorithm"] not in algorithms:
+    raise ValueError(f"config.sparsity.algorithm: {cfg['algorithm']!r} is not one of {tuple(algorithms)}")
+  for field, choices in CHOICES.items():
+    if cfg[field] not in choices:
+      raise ValueError(f"config.sparsity.{field}: {cfg[field]!r} is not one of {tuple(choices)}")
+  _check_number(cfg, "target", 0.0, 1.0, hi_open=True)
+  _check_number(cfg, "initial_sparsity", 0.0, 1.0, hi_open=True)
+  _check_number(cfg, "min_density", 0.0, 1.0)
+  _check_number(cfg, "prune_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+  _check_number(cfg, "drop_fraction", 0.0, 1.0)
+  _check_number(cfg, "power", 0.0, None, lo_open=True)
+  _check_number(cfg, "temperature", 0.0, None, lo_open=True)
+  for field in ("begin_step", "end_step", "rewind_step", "levels", "seed"):
+    _check_number(cfg, field, 0, None, integer=True)
+  for field in ("update_every", "iterations", "num_batches"):
+    _check_number(cfg, field, 1, None, integer=True)
+  if cfg["end_step"] < cfg["begin_step"]:
+    raise ValueError(f"config.sparsity.end_step={cfg['end_step']} must be >= begin_step={cfg['begin_step']}")
+  if cfg["distribution"] == "global" and cfg["min_density"] > 1.0 - cfg["target"] + 1e-9:
+    raise ValueError(f"config.sparsity.min_density={cfg['min_density']} cannot exceed 1 - target "
+                     f"= {1 - cfg['target']:.6g} with distribution 'global'")
+  _check_granularity(cfg)
+  _check_patterns(cfg)
+  return cfg
+
+
+def _check_granularity(cfg):
+  gran = granularity.parse(cfg["granularity"], cfg["nm_axis"])
+  if gran.kind == "nm":
+    want = 1.0 - gran.n / gran.m
+    if abs(cfg["target"] - want) > 1e-6:
+      raise ValueError(f"config.sparsity.target={cfg['target']} must be 1 - n/m = {want:g} for granularity "
+                       f"{cfg['granularity']!r}")
+    if cfg["distribution"] != "uniform":
+      raise ValueError(f"config.sparsity.distribution must be 'uniform' with granularity {cfg['granularity']!r}")
+
+
+def _check_patterns(cfg):
+  prunable = cfg["prunable"]
+  if prunable is not None:
+    if isinstance(prunable, str):
+      prunable = [prunable]
+    if not all(isinstance(p, str) for p in prunable):
+      raise ValueError(f"config.sparsity.prunable: expected a list of regex strings, got {cfg['prunable']!r}")
+    cfg["prunable"] = tuple(prunable)
+    for p in prunable:
+      _compile("prunable", p[1:] if p.startswith("!") else p)
+  overrides = cfg["overrides"]
+  if overrides is not None:
+    if not isinstance(overrides, Mapping):
+      raise ValueError(f"config.sparsity.overrides: expected {{regex: sparsity}}, got {overrides!r}")
+    for rx, v in overrides.items():
+      _compile("overrides", rx)
+      if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
+        raise ValueError(f"config.sparsity.overrides[{rx!r}]={v!r} must be a sparsity in [0, 1)")
+    cfg["overrides"] = dict(overrides)
+
+
+def _compile(field, rx):
+  try:
+    re.compile(rx)
+  except re.error as e:
+    raise ValueError(f"config.sparsity.{field}: bad regex {rx!r}: {e}") from None

@@ -1,0 +1,117 @@
+"""`sparsify(tx, pruner)`: pruning as an optax GradientTransformation, one call per step.
+
+The wrapped update (1) masks the gradients so the inner optimizer never accumulates state for pruned weights,
+(2) runs the inner optimizer, (3) at schedule steps recomputes the masks under `lax.cond` inside the same jitted update
+(no re-trace, no host round trip), zeroing the inner optimizer's moments of pruned weights so a weight that is regrown
+starts from zero state, and (4) returns updates that take every pruned weight to exactly 0 and never move it:
+for a pruned weight the update is -w, and w + (-w) == 0 exactly in floating point.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from sparsejax import masks as masks_lib
+from sparsejax.pruners.base import Pruner, PrunerState
+
+PyTree = Any
+
+
+class SparseState(NamedTuple):
+  """count: updates done so far (the step); pruner: masks and the pruner's arrays; inner: the wrapped optimizer's state."""
+  count: jax.Array
+  pruner: PrunerState
+  inner: optax.OptState
+
+
+def _is_sparse_state(x) -> bool:
+  return isinstance(x, SparseState)
+
+
+def _mask_moments(inner_state, masks, params_def):
+  """Zero, in every subtree of the optimizer state shaped like params (momenta, Adam moments), the pruned entries."""
+
+  def is_param_like(x):
+    return not isinstance(x, jax.Array) and jax.tree.structure(x) == params_def
+
+  return jax.tree.map(lambda x: masks_lib.apply_masks(x, masks) if is_param_like(x) else x, inner_state,
+                      is_leaf=is_param_like)
+
+
+def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.GradientTransformation:
+  """Wraps any optax optimizer so that its updates prune and keep pruned weights at exactly 0.
+
+  Args:
+    tx: the inner optimizer (sgd, momentum, adam, adamw, any chain).
+    pruner: from `sparsejax.create_pruner`.
+
+  Returns:
+    A GradientTransformation whose `update(grads, state, params)` needs params.
+
+  >>> import optax, jax.numpy as jnp
+  >>> import sparsejax as sj
+  >>> tx = sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "target": 0.5}))
+  >>> params = {"w": jnp.array([[1.0, -3.0], [0.5, 2.0]])}
+  >>> state = tx.init(params)
+  >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+  >>> optax.apply_updates(params, updates)["w"].tolist()
+  [[0.0, -3.0], [0.0, 2.0]]
+  """
+
+  def init_fn(params):
+    return SparseState(jnp.zeros((), jnp.int32), pruner.init(params), tx.init(params))
+
+  def update_fn(grads, state, params=None):
+    if params is None:
+      raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
+    old = state.pruner.masks
+    updates, inner = tx.update(masks_lib.apply_masks(grads, old), state.inner, params)
+    moved = masks_lib.apply_masks(optax.apply_updates(params, updates), old)
+    pstate = state.pruner
+    if pruner.observe is not None:
+      pstate = pruner.observe(moved, grads, pstate, state.count)
+    params_def = jax.tree.structure(params)
+
+    def recompute(operands):
+      pstate, inner = operands
+      pstate = pruner.update(moved, grads, pstate, state.count)
+      return pstate, _mask_moments(inner, pstate.masks, params_def)
+
+    pstate, inner = lax.cond(pruner.is_update(state.count), recompute, lambda ops: ops, (pstate, inner))
+    new = pstate.masks
+    updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), new, updates, params,
+                           is_leaf=masks_lib.is_none)
+    return updates, SparseState(state.count + 1, pstate, inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find(opt_state):
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_sparse_state) if _is_sparse_state(x)]
+  if len(found) != 1:
+    raise ValueError(f"expected exactly one sparsify state in the optimizer state, found {len(found)}")
+  return found[0]
+
+
+def get_masks(opt_state) -> PyTree:
+  """The mask tree (bool arrays, None where not prunable) held by a `sparsify` optimizer state."""
+  return _find(opt_state).pruner.masks
+
+
+def get_step(opt_state) -> jax.Array:
+  return _find(opt_state).count
+
+
+def set_masks(opt_state, masks: PyTree):
+  """The optimizer state with its masks replaced (same shapes: a jitted step does not re-trace)."""
+
+  def swap(x):
+    if _is_sparse_state(x):
+      return x._replace(pruner=x.pruner._replace(masks=masks))
+    return x
+
+  return jax.tree.map(swap, opt_state, is_leaf=_is_sparse_state)
