@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "min_density": 0.0,         # per-layer floor (distribution 'global')
     "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
     "begin_step": 0,
-    "end_step": 0,
+    "end_step": None,           # None: begin_step (oneshot); gradual and regrowth methods need end_step > begin_step
     "update_every": 100,
     "initial_sparsity": 0.0,    # gmp: s_i of Zhu & Gupta
     "power": 3.0,               # gmp: exponent of the polynomial schedule
@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "num_batches": 1,           # snip / grasp batches
     "temperature": 200.0,       # grasp logit temperature
 }
+
+# Algorithms whose schedule runs from begin_step to end_step.
+GRADUAL = ("gmp", "set", "rigl", "granet", "movement")
 
 CHOICES = {
     "distribution": distributions.DISTRIBUTIONS,
@@ -92,12 +95,17 @@ def validate(config, algorithms) -> dict:
   _check_number(cfg, "drop_fraction", 0.0, 1.0)
   _check_number(cfg, "power", 0.0, None, lo_open=True)
   _check_number(cfg, "temperature", 0.0, None, lo_open=True)
+  if cfg["end_step"] is None:
+    cfg["end_step"] = cfg["begin_step"]
   for field in ("begin_step", "end_step", "rewind_step", "levels", "seed"):
     _check_number(cfg, field, 0, None, integer=True)
   for field in ("update_every", "iterations", "num_batches"):
     _check_number(cfg, field, 1, None, integer=True)
   if cfg["end_step"] < cfg["begin_step"]:
     raise ValueError(f"config.sparsity.end_step={cfg['end_step']} must be >= begin_step={cfg['begin_step']}")
+  if cfg["algorithm"] in GRADUAL and cfg["end_step"] <= cfg["begin_step"]:
+    raise ValueError(f"config.sparsity.end_step={cfg['end_step']} must be > begin_step={cfg['begin_step']} for "
+                     f"algorithm {cfg['algorithm']!r}")
   if cfg["distribution"] == "global" and cfg["min_density"] > 1.0 - cfg["target"] + 1e-9:
     raise ValueError(f"config.sparsity.min_density={cfg['min_density']} cannot exceed 1 - target "
                      f"= {1 - cfg['target']:.6g} with distribution 'global'")

@@ -95,7 +95,8 @@ class Granularity(NamedTuple):
     a, b = groups[..., :, None], groups[..., None, :]
     idx = jnp.arange(self.m)
     # rank of entry i = number of entries j ranked before it: larger score, or equal score and lower index.
-    before = (b > a) | ((b == a) & (idx[None, :] < idx[:, None]))
+    earlier = (idx[None, :] < idx[:, None]).reshape((1,) * (groups.ndim - 1) + (self.m, self.m))
+    before = (b > a) | ((b == a) & earlier)
     rank = jnp.sum(before, axis=-1)
     mask = (rank < keep).reshape(moved.shape)
     return jnp.moveaxis(mask, -1, axis)
