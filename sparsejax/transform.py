@@ -1,10 +1,11 @@
 """`sparsify(tx, pruner)`: pruning as an optax GradientTransformation, one call per step.
 
-The wrapped update (1) masks the gradients so the inner optimizer never accumulates state for pruned weights,
-(2) runs the inner optimizer, (3) at schedule steps recomputes the masks under `lax.cond` inside the same jitted update
-(no re-trace, no host round trip), zeroing the inner optimizer's moments of pruned weights so a weight that is regrown
-starts from zero state, and (4) returns updates that take every pruned weight to exactly 0 and never move it:
-for a pruned weight the update is -w, and w + (-w) == 0 exactly in floating point.
+The wrapped update (1) at schedule steps recomputes the masks from the current weights and dense gradients under
+`lax.cond` inside the same jitted update (no re-trace, no host round trip), (2) zeroes the inner optimizer's moments
+and the gradients of every weight that is not kept both before and after this step, so the optimizer never accumulates
+state for pruned weights and a regrown weight starts from zero state, (3) runs the inner optimizer, and (4) returns
+updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w, and
+w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0 until the next step.
 """
 from __future__ import annotations
 
@@ -68,24 +69,21 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   def update_fn(grads, state, params=None):
     if params is None:
       raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
-    old = state.pruner.masks
-    updates, inner = tx.update(masks_lib.apply_masks(grads, old), state.inner, params)
-    moved = masks_lib.apply_masks(optax.apply_updates(params, updates), old)
-    pstate = state.pruner
+    pstate, step = state.pruner, state.count
     if pruner.observe is not None:
-      pstate = pruner.observe(moved, grads, pstate, state.count)
-    params_def = jax.tree.structure(params)
-
-    def recompute(operands):
-      pstate, inner = operands
-      pstate = pruner.update(moved, grads, pstate, state.count)
-      return pstate, _mask_moments(inner, pstate.masks, params_def)
-
-    pstate, inner = lax.cond(pruner.is_update(state.count), recompute, lambda ops: ops, (pstate, inner))
-    new = pstate.masks
-    updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), new, updates, params,
+      pstate = pruner.observe(params, grads, pstate, step)
+    old = pstate.masks
+    # Masks are recomputed first, from this step's weights and dense gradients, so that everything after the cond
+    # (gradient masking, the inner optimizer, the final masking) fuses into one elementwise pass per leaf.
+    pstate = lax.cond(pruner.is_update(step), lambda ps: pruner.update(params, grads, ps, step), lambda ps: ps,
+                      pstate)
+    # keep = new & old: a weight grown at this step stays exactly 0 for this step and its moments start at 0.
+    keep = jax.tree.map(lambda n, o: None if n is None else n & o, pstate.masks, old, is_leaf=masks_lib.is_none)
+    inner = _mask_moments(state.inner, keep, jax.tree.structure(params))
+    updates, inner = tx.update(masks_lib.apply_masks(grads, keep), inner, params)
+    updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
-    return updates, SparseState(state.count + 1, pstate, inner)
+    return updates, SparseState(step + 1, pstate, inner)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -27,8 +27,8 @@ class Pruner(NamedTuple):
   """A pruning algorithm as pure functions.
 
   init(params) -> PrunerState. is_update(step) -> bool array: whether `update` runs at this step.
-  update(params, grads, state, step) -> PrunerState: new masks (called under lax.cond inside `sparsify`; params are
-    the weights after this step's optimizer update with the old masks applied, grads the dense gradients).
+  update(params, grads, state, step) -> PrunerState: new masks (called under lax.cond inside `sparsify` with this
+    step's weights, before the optimizer update, and the dense gradients).
   observe(params, grads, state, step) -> PrunerState: runs at every step (accumulators), or None.
   config: the validated sparsity config as a dict.
   """
