@@ -30,12 +30,14 @@ DEFAULTS: dict[str, Any] = {
     "prune_fraction": 0.2,
     "rewind": "init",           # init | step | lr | finetune
     "rewind_step": 0,
-    "control": "none",          # none | random_reinit | random_mask
+    "prune_fraction_overrides": None,  # {regex: fraction} per-layer prune fractions (e.g. 0.1 for the output layer)
+    "control": "none",          # none | random_reinit | random_mask | both
     # set, rigl, granet
     "drop_fraction": 0.3,
     "drop_schedule": "cosine",
     "init_distribution": "erk",  # distribution of the initial random mask of sparse-to-sparse methods
     "initial": "dense",          # granet: dense (dense-to-sparse) | sparse (sparse-to-sparse, random ERK start)
+    "regrow_end_step": None,     # granet: regrowth stops here, T_end of its drop schedule; None: end_step
     # pruning at initialisation
     "iterations": 100,          # synflow rounds
     "num_batches": 1,           # snip / grasp batches
@@ -44,11 +46,13 @@ DEFAULTS: dict[str, Any] = {
 
 # Algorithms whose schedule runs from begin_step to end_step.
 GRADUAL = ("gmp", "set", "rigl", "granet", "movement")
+# Algorithms that drop and regrow weights at update steps.
+REGROWTH = ("set", "rigl", "granet")
 
 CHOICES = {
     "distribution": distributions.DISTRIBUTIONS,
     "rewind": ("init", "step", "lr", "finetune"),
-    "control": ("none", "random_reinit", "random_mask"),
+    "control": ("none", "random_reinit", "random_mask", "both"),
     "drop_schedule": schedules.DROP_SCHEDULES,
     "init_distribution": distributions.DISTRIBUTIONS[:3],
     "initial": ("dense", "sparse"),
@@ -111,7 +115,30 @@ def validate(config, algorithms) -> dict:
                      f"= {1 - cfg['target']:.6g} with distribution 'global'")
   _check_granularity(cfg)
   _check_patterns(cfg)
+  _check_regrowth(cfg)
   return cfg
+
+
+def _check_regrowth(cfg):
+  """Fields of the prune-and-regrow algorithms (set, rigl, granet)."""
+  algorithm = cfg["algorithm"]
+  if cfg["regrow_end_step"] is not None:
+    _check_number(cfg, "regrow_end_step", cfg["begin_step"] + 1, None, integer=True)
+  if algorithm not in REGROWTH:
+    return
+  if granularity.parse(cfg["granularity"], cfg["nm_axis"]).kind == "nm":
+    raise ValueError(f"config.sparsity.granularity: {cfg['granularity']!r} is not supported by {algorithm!r}; "
+                     f"use 'unstructured', 'block:RxC' or 'channel'")
+  if algorithm in ("set", "rigl") and cfg["distribution"] == "global":
+    raise ValueError(f"config.sparsity.distribution: 'global' does not apply to {algorithm!r}, whose per-layer "
+                     f"counts are fixed by init_distribution (one of {CHOICES['init_distribution']})")
+  if algorithm == "granet":
+    if cfg["initial_sparsity"] > cfg["target"]:
+      raise ValueError(f"config.sparsity.initial_sparsity={cfg['initial_sparsity']} must be <= "
+                       f"target={cfg['target']} for 'granet'")
+    if cfg["initial"] == "sparse" and cfg["initial_sparsity"] <= 0:
+      raise ValueError("config.sparsity.initial_sparsity must be > 0 with initial='sparse' (the sparsity of the "
+                       "random starting mask; 0.5 in the GraNet paper)")
 
 
 def _check_granularity(cfg):
@@ -135,15 +162,19 @@ def _check_patterns(cfg):
     cfg["prunable"] = tuple(prunable)
     for p in prunable:
       _compile("prunable", p[1:] if p.startswith("!") else p)
-  overrides = cfg["overrides"]
-  if overrides is not None:
+  for field, what in (("overrides", "sparsity"), ("prune_fraction_overrides", "fraction")):
+    overrides = cfg[field]
+    if overrides is None:
+      continue
+    if hasattr(overrides, "to_dict"):
+      overrides = overrides.to_dict()
     if not isinstance(overrides, Mapping):
-      raise ValueError(f"config.sparsity.overrides: expected {{regex: sparsity}}, got {overrides!r}")
+      raise ValueError(f"config.sparsity.{field}: expected {{regex: {what}}}, got {overrides!r}")
     for rx, v in overrides.items():
-      _compile("overrides", rx)
+      _compile(field, rx)
       if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
-        raise ValueError(f"config.sparsity.overrides[{rx!r}]={v!r} must be a sparsity in [0, 1)")
-    cfg["overrides"] = dict(overrides)
+        raise ValueError(f"config.sparsity.{field}[{rx!r}]={v!r} must be a {what} in [0, 1)")
+    cfg[field] = dict(overrides)
 
 
 def _compile(field, rx):

@@ -2,13 +2,22 @@
 from __future__ import annotations
 
 from sparsejax import config as config_lib
-from sparsejax.pruners import magnitude
+from sparsejax.pruners import dst, magnitude, movement, pai
 from sparsejax.pruners.base import Pruner, PrunerState
 
 REGISTRY = {
     "dense": magnitude.dense,
     "oneshot": magnitude.oneshot,
     "gmp": magnitude.gmp,
+    "set": dst.set_,
+    "rigl": dst.rigl,
+    "granet": dst.granet,
+    "movement": movement.movement,
+    "random": pai.fixed_pruner,
+    "snip": pai.fixed_pruner,
+    "grasp": pai.fixed_pruner,
+    "synflow": pai.fixed_pruner,
+    "imp": magnitude.fixed,
 }
 
 

@@ -44,6 +44,11 @@ def dense(cfg: dict) -> base.Pruner:
   return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)
 
 
+def fixed(cfg: dict) -> base.Pruner:
+  """Masks that only change when a driver sets them (`sj.set_masks`): IMP levels, masks found at initialisation."""
+  return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)
+
+
 def oneshot(cfg: dict) -> base.Pruner:
   """One-shot magnitude pruning to `target` at `begin_step`."""
   return scheduled_pruner(cfg, schedules.oneshot(cfg["target"], cfg["begin_step"]), magnitude_scores)
