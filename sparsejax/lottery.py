@@ -244,8 +244,12 @@ class Lottery:
     _write_json(os.path.join(run_dir, "result.json"), result)
     return state, result
 
-  def run(self) -> dict:
-    """All levels (and controls); returns results.json with one `levels` entry per level."""
+  def run(self, on_level=None) -> dict:
+    """All levels (and controls); returns results.json with one `levels` entry per level.
+
+    Args:
+      on_level: optional callback, called with the list of finished level entries after each level.
+    """
     levels, parent, final = [], None, None
     next_masks_fn = jax.jit(next_masks, static_argnums=2)
     t0 = time.time()
@@ -279,6 +283,8 @@ class Lottery:
       parent = final
       levels.append(entry)
       _write_json(os.path.join(self.workdir, "levels.json"), levels)
+      if on_level is not None:
+        on_level(levels)
     results = train_lib.final_results(self.setup, self.eval_fn, final, time.time() - t0, levels)
     self._merge_metrics()
     return results
@@ -345,10 +351,12 @@ def plot_levels(workdir: str, levels: list[dict], reference: Optional[dict] = No
   return path
 
 
-def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None) -> dict:
+def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None, on_level=None,
+                reference: Optional[dict] = None) -> dict:
   """IMP levels of `config` in `workdir` (resuming); writes results.json, metrics.jsonl, lottery.png.
 
-  Every config error is raised before anything is compiled or written.
+  Every config error is raised before anything is compiled or written. `on_level` is passed to `Lottery.run`;
+  `reference` (published points) to `plot_levels`.
   """
   setup = setup or train_lib.build(config)
   lottery_cfg = check_config(setup)
@@ -358,8 +366,8 @@ def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None) -
     print(report.format_results(results), flush=True)
     return results
   report.write_config(workdir, setup.config)
-  results = Lottery(setup, workdir).run()
+  results = Lottery(setup, workdir).run(on_level)
   report.write_results(workdir, results)
-  plot_levels(workdir, results["levels"])
+  plot_levels(workdir, results["levels"], reference)
   print(report.format_results(results), flush=True)
   return results

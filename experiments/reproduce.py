@@ -1,0 +1,135 @@
+"""Paper reproductions: each writes a markdown table (ours next to the published numbers) and a plot.
+
+  python -m experiments.reproduce lth_mnist1d --workdir=runs/lth_mnist1d [--seeds 0,1] [--levels 12]
+  python -m experiments.reproduce compare_methods --workdir=runs/compare [--seeds 0,1]
+
+lth_mnist1d: MNIST-1D lottery tickets (Greydanus 2020) with both controls (random_mask, random_reinit), one run per
+seed in <workdir>/seed_<s>/, then <workdir>/report.md and <workdir>/lottery.png. Runs resume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from configs import mnist1d_mlp_lth
+from experiments import published
+from sparsejax import lottery
+
+
+def _pct(x):
+  return "" if x is None else f"{100 * x:.1f}"
+
+
+def lth_table(runs: dict) -> str:
+  """Per level: best test accuracy of tickets and both controls for each seed, and the published numbers."""
+  seeds = sorted(runs)
+  head = ["level", "sparsity"]
+  for s in seeds:
+    head += [f"ticket s{s}", f"random_mask s{s}", f"random_reinit s{s}"]
+  head += ["published ticket", "published random"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+  ref = published.MNIST1D_LTH
+  for i, lv in enumerate(runs[seeds[0]]["levels"]):
+    row = [str(lv["level"]), f"{lv['sparsity']:.3f}"]
+    for s in seeds:
+      lvs = runs[s]["levels"][i]
+      ctrl = lvs.get("controls", {})
+      row += [_pct(lvs["best_test_accuracy"]), _pct(ctrl.get("random_mask", {}).get("best_test_accuracy")),
+              _pct(ctrl.get("random_reinit", {}).get("best_test_accuracy"))]
+    row += [_pct(published.nearest(ref["dense"] if lv["level"] == 0 else ref["ticket"], lv["sparsity"])),
+            _pct(published.nearest(ref["random_mask"], lv["sparsity"]) if lv["level"] else None)]
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+def lth_summary(runs: dict) -> str:
+  """The claims of the issue, checked on each seed from the numbers."""
+  out = []
+  for s, r in sorted(runs.items()):
+    levels = r["levels"]
+    dense = levels[0]["best_test_accuracy"]
+    band = [lv for lv in levels if 0.8 <= lv["sparsity"] <= 0.95]
+    best = max(band, key=lambda lv: lv["best_test_accuracy"]) if band else None
+    high = [lv for lv in levels if 0.9 <= lv["sparsity"] <= 0.95 and "random_mask" in lv.get("controls", {})]
+    margin = [lv["best_test_accuracy"] - lv["controls"]["random_mask"]["best_test_accuracy"] for lv in high]
+    reinit = [lv["best_test_accuracy"] - lv["controls"]["random_reinit"]["best_test_accuracy"] for lv in high
+              if "random_reinit" in lv.get("controls", {})]
+    line = f"- seed {s}: dense best {_pct(dense)}%"
+    if best:
+      line += (f"; best ticket in 80-95% sparsity {_pct(best['best_test_accuracy'])}% at {best['sparsity']:.3f} "
+               f"({100 * (best['best_test_accuracy'] - dense):+.1f} points over dense)")
+    if margin:
+      line += f"; ticket - random_mask at 90-95% sparsity: {', '.join(f'{100 * m:+.1f}' for m in margin)} points"
+    if reinit:
+      line += f"; ticket - random_reinit there: {', '.join(f'{100 * m:+.1f}' for m in reinit)} points"
+    out.append(line)
+  return "\n".join(out)
+
+
+def lth_mnist1d(workdir: str, seeds, levels: int) -> dict:
+  runs = {}
+  for seed in seeds:
+    config = mnist1d_mlp_lth.get_config()
+    config.seed = seed
+    config.sparsity.seed = seed
+    config.sparsity.levels = levels
+    config.sparsity.control = "both"
+    config.training.progress = "none"
+    runs[seed] = lottery.run_lottery(config, os.path.join(workdir, f"seed_{seed}"),
+                                     reference=published.plot_points())
+  report = ["# MNIST-1D lottery tickets: sparsejax against Greydanus 2020", "",
+            "Best test accuracy (%) over each level's training (the published numbers are max test accuracy too).", "",
+            lth_table(runs), "", lth_summary(runs), ""]
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("\n".join(report))
+  _plot_seeds(workdir, runs)
+  print("\n".join(report))
+  return runs
+
+
+def _plot_seeds(workdir, runs):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  styles = {"ticket": ("C0", "o"), "random_mask": ("C1", "s"), "random_reinit": ("C2", "^")}
+  for kind, (color, marker) in styles.items():
+    for j, (seed, r) in enumerate(sorted(runs.items())):
+      rows = [(1 - lv["sparsity"], lv["best_test_accuracy"] if kind == "ticket"
+               else lv.get("controls", {}).get(kind, {}).get("best_test_accuracy")) for lv in r["levels"]]
+      rows = [(x, y) for x, y in rows if y is not None]
+      ax.plot(*zip(*rows), marker=marker, color=color, alpha=0.5 + 0.5 * (j == 0),
+              label=f"{kind}" if j == 0 else None)
+  for label, pts in published.plot_points().items():
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "kx", markersize=9, label=label if "ticket" in label else None)
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("fraction of weights remaining")
+  ax.set_ylabel("best test accuracy")
+  ax.legend(fontsize=8)
+  ax.grid(True, which="both", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "lottery.png"), dpi=100)
+  plt.close(fig)
+
+
+EXPERIMENTS = {"lth_mnist1d": lth_mnist1d}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--levels", type=int, default=12)
+  args = parser.parse_args(argv)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  return EXPERIMENTS[args.experiment](args.workdir, seeds, args.levels)
+
+
+if __name__ == "__main__":
+  main()
