@@ -1,11 +1,13 @@
 """`sparsify(tx, pruner)`: pruning as an optax GradientTransformation, one call per step.
 
 The wrapped update (1) at schedule steps recomputes the masks from the current weights and dense gradients under
-`lax.cond` inside the same jitted update (no re-trace, no host round trip), (2) zeroes the inner optimizer's moments
-and the gradients of every weight that is not kept both before and after this step, so the optimizer never accumulates
-state for pruned weights and a regrown weight starts from zero state, (3) runs the inner optimizer, and (4) returns
-updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w, and
-w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0 until the next step.
+`lax.cond` inside the same jitted update (no re-trace, no host round trip), and in the same branch zeroes the inner
+optimizer's moments of every weight that is not kept both before and after this step, so a regrown weight starts from
+zero state; (2) masks the gradients, so between mask updates the moments of pruned weights stay exactly 0 without being
+touched again (every optimizer's moment update is homogeneous in gradient and moment); (3) runs the inner optimizer;
+and (4) returns updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update
+is -w, and w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0 until the next step.
+Only the gradient mask and the final select run at every step; both fuse into the optimizer's elementwise pass.
 """
 from __future__ import annotations
 
@@ -69,17 +71,28 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   def update_fn(grads, state, params=None):
     if params is None:
       raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
-    pstate, step = state.pruner, state.count
+    pstate, step, inner = state.pruner, state.count, state.inner
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
-    old = pstate.masks
-    # Masks are recomputed first, from this step's weights and dense gradients, so that everything after the cond
-    # (gradient masking, the inner optimizer, the final masking) fuses into one elementwise pass per leaf.
-    pstate = lax.cond(pruner.is_update(step), lambda ps: pruner.update(params, grads, ps, step), lambda ps: ps,
-                      pstate)
-    # keep = new & old: a weight grown at this step stays exactly 0 for this step and its moments start at 0.
-    keep = jax.tree.map(lambda n, o: None if n is None else n & o, pstate.masks, old, is_leaf=masks_lib.is_none)
-    inner = _mask_moments(state.inner, keep, jax.tree.structure(params))
+    params_def = jax.tree.structure(params)
+
+    def mask_update(operands):
+      # Masks are recomputed from this step's weights and dense gradients. keep = new & old: a weight grown at this
+      # step stays exactly 0 for this step, and the moments of every weight not kept are zeroed here, once, so a
+      # regrown weight starts from zero state.
+      ps, inner = operands
+      new = pruner.update(params, grads, ps, step)
+      keep = jax.tree.map(lambda n, o: None if n is None else n & o, new.masks, ps.masks, is_leaf=masks_lib.is_none)
+      return new, keep, _mask_moments(inner, keep, params_def)
+
+    def no_update(operands):
+      ps, inner = operands
+      return ps, ps.masks, inner
+
+    pstate, keep, inner = lax.cond(pruner.is_update(step), mask_update, no_update, (pstate, inner))
+    # Between mask updates the moments of pruned weights stay exactly 0 without re-masking them: their gradients are
+    # masked here, and every optimizer's moment update is homogeneous in (gradient, moment). What fuses with the
+    # optimizer's own elementwise pass is the gradient mask and the final select.
     updates, inner = tx.update(masks_lib.apply_masks(grads, keep), inner, params)
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
@@ -105,11 +118,16 @@ def get_step(opt_state) -> jax.Array:
 
 
 def set_masks(opt_state, masks: PyTree):
-  """The optimizer state with its masks replaced (same shapes: a jitted step does not re-trace)."""
+  """The optimizer state with its masks replaced (same shapes: a jitted step does not re-trace).
+
+  The inner optimizer's moments of every weight that `masks` prunes are zeroed as well, as a mask update inside the
+  step would do, so a weight pruned here and regrown later starts from zero state.
+  """
 
   def swap(x):
     if _is_sparse_state(x):
-      return x._replace(pruner=x.pruner._replace(masks=masks))
+      params_def = jax.tree.structure(masks, is_leaf=masks_lib.is_none)
+      return x._replace(pruner=x.pruner._replace(masks=masks), inner=_mask_moments(x.inner, masks, params_def))
     return x
 
   return jax.tree.map(swap, opt_state, is_leaf=_is_sparse_state)

@@ -163,3 +163,21 @@ def test_config_dict_accepted():
   import ml_collections
   cfg = ml_collections.ConfigDict({"algorithm": "gmp", "target": 0.5, "end_step": 10})
   assert sj.create_pruner(cfg).config["target"] == 0.5
+
+
+def test_set_masks_zeroes_the_moments_of_pruned_weights():
+  params, loss = _problem()
+  tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner({"algorithm": "dense"}))
+  state = tx.init(params)
+  step = _make_step(tx, loss, [])
+  for _ in range(2):
+    params, state = step(params, state)
+  kernel = np.asarray(sj.get_masks(state)["dense_0"]["kernel"]).copy()
+  kernel[0] = False
+  masks = jax.tree.map(lambda m: m, sj.get_masks(state), is_leaf=lambda x: x is None)
+  masks["dense_0"]["kernel"] = jnp.asarray(kernel)
+  state = sj.set_masks(state, masks)
+  adam = state.inner[0]
+  assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[0] == 0)
+  assert np.all(np.asarray(adam.nu["dense_0"]["kernel"])[0] == 0)
+  assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[1:] != 0)  # kept weights keep their moments
