@@ -3,8 +3,8 @@
   python -m experiments.train --config=configs/mnist1d_mlp_dense.py --workdir=runs/mnist1d_mlp_dense
 
 Expected (measured, seed 0, 2 CPU cores): step 3000, test accuracy 0.658, test loss 1.57
-(the MLP fits the 4000 training examples exactly by step 1500), sparsity 0.0; about 6.5 s of training, 11 s in all
-(10 s / 17 s with other jobs on the cores).
+(the MLP fits the 4000 training examples exactly by step 1500), sparsity 0.0; about 10 s of training, 15 s in all
+(with two other jobs on the cores).
 """
 from configs import default
 
