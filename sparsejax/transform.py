@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sparsejax import masks as masks_lib
+from sparsejax import config as config_lib, masks as masks_lib
 from sparsejax.pruners.base import Pruner, PrunerState
 
 PyTree = Any
@@ -65,6 +65,10 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   [[0.0, -3.0], [0.0, 2.0]]
   """
 
+  # Only the regrowth algorithms add weights at a mask update; for every other pruner the new masks are a subset of
+  # the old ones (drivers that swap masks do it through `set_masks`, outside the step).
+  grows = pruner.config.get("algorithm") in config_lib.REGROWTH
+
   def init_fn(params):
     return SparseState(jnp.zeros((), jnp.int32), pruner.init(params), tx.init(params))
 
@@ -83,13 +87,18 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
       ps, inner = operands
       new = pruner.update(params, grads, ps, step)
       keep = jax.tree.map(lambda n, o: None if n is None else n & o, new.masks, ps.masks, is_leaf=masks_lib.is_none)
-      return new, keep, _mask_moments(inner, keep, params_def)
+      inner = _mask_moments(inner, keep, params_def)
+      return (new, keep, inner) if grows else (new, inner)
 
     def no_update(operands):
       ps, inner = operands
-      return ps, ps.masks, inner
+      return (ps, ps.masks, inner) if grows else (ps, inner)
 
-    pstate, keep, inner = lax.cond(pruner.is_update(step), mask_update, no_update, (pstate, inner))
+    if grows:
+      pstate, keep, inner = lax.cond(pruner.is_update(step), mask_update, no_update, (pstate, inner))
+    else:  # new masks are a subset of the old ones, so keep is the new masks; one fewer mask buffer in the cond
+      pstate, inner = lax.cond(pruner.is_update(step), mask_update, no_update, (pstate, inner))
+      keep = pstate.masks
     # Between mask updates the moments of pruned weights stay exactly 0 without re-masking them: their gradients are
     # masked here, and every optimizer's moment update is homogeneous in (gradient, moment). What fuses with the
     # optimizer's own elementwise pass is the gradient mask and the final select.
