@@ -8,7 +8,7 @@ MNIST1D_LTH = {
 }
 
 
-def nearest(points, sparsity, tol=0.025):
+def nearest(points, sparsity, tol=0.01):
   """The published accuracy at a sparsity within `tol` of `sparsity`, or None."""
   close = [(abs(s - sparsity), acc) for s, acc in points if abs(s - sparsity) <= tol]
   return min(close)[1] if close else None

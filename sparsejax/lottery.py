@@ -75,8 +75,10 @@ def next_masks(params, masks, cfg: dict):
   return sj.masks.map_prunable(lambda p, _: by_path[p], params, paths)
 
 
+@jax.jit
 def random_masks_like(masks, rng):
-  """Masks with the same number of kept entries per layer as `masks`, at uniformly random positions."""
+  """Masks with the same number of kept entries per layer as `masks`, at uniformly random positions (jitted: the
+  selection's counting loops dispatched op by op took seconds per level)."""
   paths = sj.masks.mask_paths(masks)
   leaves = sj.masks.mask_leaves(masks)
   keys = jax.random.split(rng, len(leaves))
