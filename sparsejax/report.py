@@ -29,7 +29,7 @@ PLOT_FILE = "training.png"
 # the same, only float reduction order differs), so a run may be resumed with other values.
 _RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.eval_every", "training.eval_batch_size",
                           "training.checkpoint_every", "training.keep_checkpoints", "mesh.data_parallel",
-                          "mesh.multihost")
+                          "mesh.multihost", "sparsity.levels")  # more IMP levels extend a run; finished ones stay
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -172,3 +172,18 @@ def test_bad_lottery_config_fails_before_writing(tmp_path):
   with pytest.raises(ValueError, match="rewind_step"):
     lottery.run_lottery(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_more_levels_extend_a_finished_run(tmp_path):
+  config = _tiny_lottery_config(levels=1, rewind="init", control="none", steps=12)
+  first = lottery.run_lottery(config, str(tmp_path))
+  done = tmp_path / "levels" / "01_ticket" / "result.json"
+  stamp = os.stat(done).st_mtime_ns
+  config.sparsity.levels = 2
+  more = lottery.run_lottery(config, str(tmp_path))
+  assert os.stat(done).st_mtime_ns == stamp  # level 1 was read back, not trained again
+  assert more["levels"][:2] == first["levels"]
+  assert [round(lv["sparsity"], 3) for lv in more["levels"]] == [0.0, 0.2, 0.36]
+  config.sparsity.prune_fraction = 0.5  # anything else that changes the run is still refused
+  with pytest.raises(ValueError, match="prune_fraction"):
+    lottery.run_lottery(config, str(tmp_path))
