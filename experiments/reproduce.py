@@ -1,10 +1,15 @@
 """Paper reproductions: each writes a markdown table (ours next to the published numbers) and a plot.
 
   python -m experiments.reproduce lth_mnist1d --workdir=runs/lth_mnist1d [--seeds 0,1] [--levels 12]
-  python -m experiments.reproduce compare_methods --workdir=runs/compare [--seeds 0,1]
+  python -m experiments.reproduce compare_methods --workdir=runs/compare_methods [--seeds 0,1] [--num_steps N]
 
 lth_mnist1d: MNIST-1D lottery tickets (Greydanus 2020) with both controls (random_mask, random_reinit), one run per
 seed in <workdir>/seed_<s>/, then <workdir>/report.md and <workdir>/lottery.png. Runs resume.
+
+compare_methods: dense, gmp (uniform and global), oneshot, set, rigl, granet, snip, grasp, synflow, random and
+movement at 90% and 98% sparsity on Fashion-MNIST LeNet-300-100 (MNIST-1D MLP when the Fashion-MNIST files are
+missing), one resumable run per (method, sparsity, seed), then <workdir>/report.md (table and the papers' claims
+checked) and <workdir>/compare.png (see experiments/compare_methods.py).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import os
 import numpy as np
 
 from configs import mnist1d_mlp_lth
+from experiments import compare_methods as compare_methods_lib
 from experiments import published
 from sparsejax import lottery
 
@@ -117,7 +123,12 @@ def _plot_seeds(workdir, runs):
   plt.close(fig)
 
 
-EXPERIMENTS = {"lth_mnist1d": lth_mnist1d}
+def compare_methods(workdir: str, seeds, levels: int, num_steps=None) -> dict:
+  del levels  # a lottery option
+  return compare_methods_lib.compare_methods(workdir, seeds, num_steps=num_steps)
+
+
+EXPERIMENTS = {"lth_mnist1d": lth_mnist1d, "compare_methods": compare_methods}
 
 
 def main(argv=None):
@@ -126,8 +137,13 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--levels", type=int, default=12)
+  parser.add_argument("--num_steps", type=int, default=None,
+                      help="compare_methods: training steps per run (default: the configs' own, 10000 on "
+                      "Fashion-MNIST, 3000 on MNIST-1D)")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
+  if args.experiment == "compare_methods":
+    return compare_methods(args.workdir, seeds, args.levels, args.num_steps)
   return EXPERIMENTS[args.experiment](args.workdir, seeds, args.levels)
 
 
