@@ -14,12 +14,15 @@ files and prints; every process still reads them, so all of them take the same r
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Optional
 
 import jax
 import ml_collections
+
+from sparsejax import distributions
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -208,7 +211,19 @@ def make_results(config, step: int, test: dict, summary: dict, wall_seconds: flo
   layers = {path: {"shape": list(layer["shape"]), "sparsity": layer["sparsity"], "nnz": layer["nnz"]}
             for path, layer in summary["layers"].items()}
   return {"algorithm": config.sparsity.algorithm, "dataset": config.data.name, "model": config.model.name,
-          "wall_seconds": wall_seconds, "final": final, "layers": layers, "levels": list(levels)}
+          "wall_seconds": wall_seconds, "final": final, "layers": layers, "levels": list(levels),
+          "layer_collapse": collapsed_layers(layers, config.sparsity.get("min_density", 0.0))}
+
+
+def collapsed_layers(layers: dict, min_density: float = 0.0) -> list[str]:
+  """Layers of results.json that collapsed: no weight left, or fewer than ceil(min_density * size) (counted from the
+  arrays). A collapsed layer cuts the network (Tanaka et al. 2020); results.json lists them and the run warns."""
+  out = []
+  for path, layer in layers.items():
+    size = math.prod(layer["shape"])
+    if layer["nnz"] == 0 or layer["nnz"] < distributions.floor_counts([size], min_density)[0]:
+      out.append(path)
+  return out
 
 
 def format_results(results: dict) -> str:
@@ -223,6 +238,9 @@ def format_results(results: dict) -> str:
   for path, layer in results["layers"].items():
     shape = "x".join(map(str, layer["shape"]))
     lines.append(f"{path:<{width}}  {shape:>16}  {layer['nnz']:>10}  {layer['sparsity']:8.4f}")
+  if results.get("layer_collapse"):
+    lines.append(f"warning: layer collapse (no weight left, or under the min_density floor): "
+                 f"{', '.join(results['layer_collapse'])}")
   for level in results.get("levels", []):
     lines.append(f"level {level['level']}: sparsity {level['sparsity']:.4f}  test accuracy "
                  f"{level['test_accuracy']:.4f}  best {level['best_test_accuracy']:.4f} at step {level['best_step']}")

@@ -45,7 +45,7 @@ def _check_results(results, workdir, steps_, target):
   assert final["nnz"] == sum(layer["nnz"] for layer in results["layers"].values())
   for layer in results["layers"].values():
     assert set(layer) >= {"shape", "sparsity", "nnz"} and layer["nnz"] <= np.prod(layer["shape"])
-  assert results["levels"] == []
+  assert results["levels"] == [] and results["layer_collapse"] == []
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   # Logged every 2 steps, evaluated every 3, both at the end.
   assert [r["step"] for r in records] == sorted(set(range(2, steps_ + 1, 2)) | set(range(3, steps_ + 1, 3)))
@@ -230,3 +230,16 @@ def test_cifar10_resnet20_gmp_config_on_mock_tfds_data(tmp_path, monkeypatch):
   layer = results["layers"]
   assert len({round(d["sparsity"], 3) for d in layer.values()}) > 1
   assert final["nnz"] == sum(d["nnz"] for d in layer.values())
+
+
+def test_results_report_layer_collapse_counted_from_the_arrays():
+  config = ml_collections.ConfigDict({"sparsity": {"algorithm": "snip", "min_density": 0.05},
+                                      "data": {"name": "tiny"}, "model": {"name": "mlp"}})
+  masks = {"a": jnp.zeros((4, 5), bool), "b": jnp.zeros((10, 10), bool).at[0, :4].set(True),
+           "c": jnp.ones((3, 3), bool)}
+  summary = sj.summary(masks)
+  results = report.make_results(config, 10, {"accuracy": 0.5, "loss": 1.0}, summary, 1.0)
+  assert results["layer_collapse"] == ["a", "b"]  # a is empty, b keeps 4 < ceil(0.05 * 100) = 5
+  assert "warning: layer collapse" in report.format_results(results)
+  config.sparsity.min_density = 0.0
+  assert report.make_results(config, 10, {"accuracy": 0.5, "loss": 1.0}, summary, 1.0)["layer_collapse"] == ["a"]
