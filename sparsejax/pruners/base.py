@@ -27,16 +27,19 @@ class Pruner(NamedTuple):
   """A pruning algorithm as pure functions.
 
   init(params) -> PrunerState. is_update(step) -> bool array: whether `update` runs at this step.
-  update(params, grads, state, step) -> PrunerState: new masks (called under lax.cond inside `sparsify` with this
-    step's weights, before the optimizer update, and the dense gradients).
+  update(params, grads, state, step) -> PrunerState: new masks (called inside the jitted `sparsify` update, only at
+    steps where is_update is true, with this step's weights before the optimizer update and the dense gradients).
   observe(params, grads, state, step) -> PrunerState: runs at every step (accumulators), or None.
   config: the validated sparsity config as a dict.
+  grows: whether `update` may keep a weight that the old masks pruned (SET, RigL, GraNet). False promises that new
+    masks are a subset of the old ones, which lets `sparsify` skip a copy of the masks at every step.
   """
   init: Callable
   is_update: Callable
   update: Callable
   observe: Optional[Callable]
   config: dict
+  grows: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,7 +100,7 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
     return state._replace(masks=base.from_leaves(params, plan, new), rng=rng)
 
   return base.Pruner(lambda params: _first_state(params, cfg, cfg["target"]),
-                     lambda t: on_grid(t, begin, end, every), update, None, cfg)
+                     lambda t: on_grid(t, begin, end, every), update, None, cfg, grows=True)
 
 
 def set_(cfg: dict) -> base.Pruner:
@@ -154,4 +154,5 @@ def granet(cfg: dict) -> base.Pruner:
                    lambda: drop_and_grow(plan.gran, pruned, mags, grow, drop(step)), lambda: pruned)
     return state._replace(masks=base.from_leaves(params, plan, new))
 
-  return base.Pruner(init, lambda t: sched.is_update(t) | on_grid(t, begin, regrow_end, every), update, None, cfg)
+  return base.Pruner(init, lambda t: sched.is_update(t) | on_grid(t, begin, regrow_end, every), update, None, cfg,
+                     grows=True)
