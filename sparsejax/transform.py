@@ -92,7 +92,10 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
 
     def _update_once(carry):
       i, ps, inner = carry
-      new = pruner.update(params, grads, ps, step)
+      # The barrier ties params and grads to the loop counter, so that XLA cannot hoist the score computation (a pass
+      # over every weight) out of the loop and run it at every step, also when the loop runs zero times.
+      p, g, _ = lax.optimization_barrier((params, grads, i))
+      new = pruner.update(p, g, ps, step)
       return i + 1, new, _mask_moments(inner, new.masks, params_def)
 
     if pruner.grows:
