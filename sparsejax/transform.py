@@ -92,9 +92,10 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
 
     def _update_once(carry):
       i, ps, inner = carry
-      # The barrier ties params and grads to the loop counter, so that XLA cannot hoist the score computation (a pass
-      # over every weight) out of the loop and run it at every step, also when the loop runs zero times.
-      p, g, _ = lax.optimization_barrier((params, grads, i))
+      # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
+      # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs zero
+      # times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted otherwise too.
+      p, g, ps, _ = lax.optimization_barrier((params, grads, ps, i))
       new = pruner.update(p, g, ps, step)
       return i + 1, new, _mask_moments(inner, new.masks, params_def)
 

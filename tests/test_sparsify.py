@@ -181,3 +181,17 @@ def test_set_masks_zeroes_the_moments_of_pruned_weights():
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.nu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[1:] != 0)  # kept weights keep their moments
+
+
+@pytest.mark.parametrize("algorithm", ["gmp", "movement", "rigl"])
+def test_scores_are_computed_only_inside_the_mask_update(algorithm):
+  """Between updates a step must not pay for a selection: no uint32 sort keys of a kernel's shape may be computed in
+  the top-level program (XLA hoists loop-invariant work out of loops unless it is tied to the loop)."""
+  params, loss = _problem()
+  cfg = {"algorithm": algorithm, "target": 0.5, "end_step": 10, "update_every": 2}
+  tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner(cfg))
+  hlo = _make_step(tx, loss, []).lower(params, tx.init(params)).compile().as_text()
+  entry = hlo[hlo.index("ENTRY"):]
+  entry = entry[:entry.index("\n}\n")]
+  assert "u32[12,16]" not in entry and "u32[16,3]" not in entry
+  assert "u32[12,16]" in hlo  # the keys exist, inside the update's sub-computation
