@@ -1,0 +1,22 @@
+"""Every `>>>` example in the library's docstrings runs and prints what it shows."""
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import sparsejax
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(sparsejax.__path__, "sparsejax."))
+
+
+@pytest.mark.parametrize("name", ["sparsejax"] + MODULES)
+def test_docstring_examples(name):
+  result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+  assert result.failed == 0, name
+
+
+def test_the_core_modules_have_examples():
+  for name in ("sparsejax", "sparsejax.masks", "sparsejax.select", "sparsejax.transform", "sparsejax.pruners",
+               "sparsejax.pruners.dst", "sparsejax.pruners.movement", "sparsejax.pruners.pai"):
+    assert doctest.testmod(importlib.import_module(name)).attempted > 0, name
