@@ -111,11 +111,13 @@ def _plot_seeds(workdir, runs):
       ax.plot(*zip(*rows), marker=marker, color=color, alpha=0.5 + 0.5 * (j == 0),
               label=f"{kind}" if j == 0 else None)
   for label, pts in published.plot_points().items():
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "kx", markersize=9, label=label if "ticket" in label else None)
+    marker = "k+" if "random" in label else "kx"  # published dense and tickets: x; published random pruning: +
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, markersize=10, label=label)
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set_xlabel("fraction of weights remaining")
   ax.set_ylabel("best test accuracy")
+  ax.set_title(f"MNIST-1D lottery tickets, seeds {', '.join(map(str, sorted(runs)))} (first seed darkest)", fontsize=9)
   ax.legend(fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
