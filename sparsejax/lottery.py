@@ -25,7 +25,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -129,13 +129,6 @@ def _run_dir(workdir, level, run):
   return os.path.join(workdir, "levels", f"{level:02d}_{run}")
 
 
-def _read_json(path) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 class Lottery:
   """Runs the levels of one IMP experiment in `workdir` (used by `train_and_evaluate` for algorithm 'imp')."""
 
@@ -211,7 +204,7 @@ class Lottery:
     if resumed:
       state = checkpoint.restore(manager, resumed, self.target)
     start = max(start, resumed)
-    partial = _read_json(os.path.join(run_dir, "best.json"))
+    partial = report.read_json(os.path.join(run_dir, "best.json"))
     with report.MetricsWriter(run_dir, start) as writer:
       best = _Best(writer, partial if resumed else None)
       t0, offset = time.time(), (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0)
@@ -223,7 +216,7 @@ class Lottery:
       def save(step, state, metrics):
         del metrics
         if train_lib.is_due(step, self.training.checkpoint_every, end):
-          _write_json(os.path.join(run_dir, "best.json"), best.best)
+          report.write_json(os.path.join(run_dir, "best.json"), best.best)
           checkpoint.save(manager, step, state)
 
       def snapshot(step, state, metrics):
@@ -243,7 +236,7 @@ class Lottery:
               "test_accuracy": test["accuracy"], "test_loss": test["loss"], **best.best, "steps": end - start,
               "wall_seconds": clock(),
               "layers": {p: {"sparsity": d["sparsity"], "nnz": d["nnz"]} for p, d in summary["layers"].items()}}
-    _write_json(os.path.join(run_dir, "result.json"), result)
+    report.write_json(os.path.join(run_dir, "result.json"), result)
     return state, result
 
   def run(self, on_level=None) -> dict:
@@ -263,7 +256,7 @@ class Lottery:
       masks = jax.device_get(masks)  # on the host: every run gets its own device copy (steps donate their state)
       entry = None
       for run in (TICKET,) + (CONTROLS[self.cfg["control"]] if level else ()):
-        done = _read_json(os.path.join(_run_dir(self.workdir, level, run), "result.json"))
+        done = report.read_json(os.path.join(_run_dir(self.workdir, level, run), "result.json"))
         if done is None:
           if level == 0:
             state, start, end = self._on_devices(self.initial), 0, self.num_steps
@@ -284,7 +277,7 @@ class Lottery:
         print(_level_line(done), flush=True)
       parent = final
       levels.append(entry)
-      _write_json(os.path.join(self.workdir, "levels.json"), levels)
+      report.write_json(os.path.join(self.workdir, "levels.json"), levels)
       if on_level is not None:
         on_level(levels)
     results = train_lib.final_results(self.setup, self.eval_fn, final, time.time() - t0, levels)
@@ -312,13 +305,6 @@ def _level_line(result: dict) -> str:
   return (f"level {result['level']:2d} {result['run']:13s} sparsity {result['sparsity']:.4f}  "
           f"test accuracy {result['test_accuracy']:.4f}  best {result['best_test_accuracy']:.4f} "
           f"at step {result['best_step']}")
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def plot_levels(workdir: str, levels: list[dict], reference: Optional[dict] = None) -> str:

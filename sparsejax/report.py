@@ -55,7 +55,8 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` to `path` atomically (process 0 only)."""
   if not is_writer():
     return
   # Write then rename, so a reader (or a killed run) never sees half a file.
@@ -66,7 +67,8 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def _read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
+  """The JSON object at `path`, or None when the file is missing."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -84,7 +86,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return False
-  previous = _read_json(os.path.join(workdir, CONFIG_FILE))
+  previous = read_json(os.path.join(workdir, CONFIG_FILE))
   if previous is None:
     raise ValueError(f"--workdir {workdir} is not empty and holds no {CONFIG_FILE} of an earlier run; choose an "
                      "empty or new directory")
@@ -100,15 +102,15 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if is_writer():
     os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, CONFIG_FILE), config_to_dict(config))
+  write_json(os.path.join(workdir, CONFIG_FILE), config_to_dict(config))
 
 
 def read_results(workdir: str) -> Optional[dict]:
-  return _read_json(os.path.join(workdir, RESULTS_FILE))
+  return read_json(os.path.join(workdir, RESULTS_FILE))
 
 
 def write_results(workdir: str, results: dict) -> None:
-  _write_json(os.path.join(workdir, RESULTS_FILE), results)
+  write_json(os.path.join(workdir, RESULTS_FILE), results)
 
 
 def read_metrics(workdir: str) -> list[dict]:
