@@ -99,3 +99,8 @@ def keep_count(sparsity, size: int) -> jax.Array:
 def floor_counts(sizes: Sequence[int], min_density: float) -> list[int]:
   """Per-layer minimum number of kept entries for a min_density floor."""
   return [int(math.ceil(min_density * n)) for n in sizes]
+
+
+def collapsed(nnz: int, size: int, min_density: float = 0.0) -> bool:
+  """Whether a layer with `nnz` of `size` weights kept has collapsed: nothing kept, or under its min_density floor."""
+  return nnz == 0 or nnz < floor_counts([size], min_density)[0]

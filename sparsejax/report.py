@@ -220,12 +220,8 @@ def make_results(config, step: int, test: dict, summary: dict, wall_seconds: flo
 def collapsed_layers(layers: dict, min_density: float = 0.0) -> list[str]:
   """Layers of results.json that collapsed: no weight left, or fewer than ceil(min_density * size) (counted from the
   arrays). A collapsed layer cuts the network (Tanaka et al. 2020); results.json lists them and the run warns."""
-  out = []
-  for path, layer in layers.items():
-    size = math.prod(layer["shape"])
-    if layer["nnz"] == 0 or layer["nnz"] < distributions.floor_counts([size], min_density)[0]:
-      out.append(path)
-  return out
+  return [path for path, layer in layers.items()
+          if distributions.collapsed(layer["nnz"], math.prod(layer["shape"]), min_density)]
 
 
 def format_results(results: dict) -> str:

@@ -153,5 +153,4 @@ def layer_collapse(masks: PyTree, min_density: float = 0.0) -> list[str]:
   paths = masks_lib.mask_paths(masks)
   leaves = masks_lib.mask_leaves(masks)
   counts = jax.device_get([jnp.sum(m, dtype=jnp.int32) for m in leaves])
-  floors = distributions.floor_counts([m.size for m in leaves], min_density)
-  return [p for p, c, f in zip(paths, counts, floors) if int(c) == 0 or int(c) < f]
+  return [p for p, c, m in zip(paths, counts, leaves) if distributions.collapsed(int(c), m.size, min_density)]
