@@ -125,12 +125,12 @@ def _plot_seeds(workdir, runs):
   plt.close(fig)
 
 
-def compare_methods(workdir: str, seeds, levels: int, num_steps=None) -> dict:
-  del levels  # a lottery option
-  return compare_methods_lib.compare_methods(workdir, seeds, num_steps=num_steps)
-
-
-EXPERIMENTS = {"lth_mnist1d": lth_mnist1d, "compare_methods": compare_methods}
+# Each takes (workdir, seeds) and the options of its own from the command line, by name.
+EXPERIMENTS = {
+    "lth_mnist1d": lambda workdir, seeds, args: lth_mnist1d(workdir, seeds, args.levels),
+    "compare_methods": lambda workdir, seeds, args: compare_methods_lib.compare_methods(workdir, seeds,
+                                                                                        num_steps=args.num_steps),
+}
 
 
 def main(argv=None):
@@ -145,9 +145,7 @@ def main(argv=None):
                       "Fashion-MNIST, 3000 on MNIST-1D)")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
-  if args.experiment == "compare_methods":
-    return compare_methods(args.workdir, seeds, args.levels, args.num_steps)
-  return EXPERIMENTS[args.experiment](args.workdir, seeds, args.levels)
+  return EXPERIMENTS[args.experiment](args.workdir, seeds, args)
 
 
 if __name__ == "__main__":
