@@ -7,7 +7,9 @@ import pytest
 
 import sparsejax
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(sparsejax.__path__, "sparsejax."))
+# The model zoo's examples are run by tests/test_models.py::test_docstring_examples.
+MODULES = sorted(m.name for m in pkgutil.walk_packages(sparsejax.__path__, "sparsejax.")
+                 if not m.name.startswith("sparsejax.models"))
 
 
 @pytest.mark.parametrize("name", ["sparsejax"] + MODULES)
