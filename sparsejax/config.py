@@ -4,6 +4,7 @@ Every field is checked before anything is compiled or written. `validate` return
 """
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from typing import Any, Mapping
@@ -72,6 +73,8 @@ def _check_number(cfg, field, lo, hi, integer=False, lo_open=False, hi_open=Fals
   ok_type = isinstance(v, numbers.Integral) if integer else isinstance(v, numbers.Real)
   if isinstance(v, bool) or not ok_type:
     raise ValueError(f"config.sparsity.{field}: expected {'an int' if integer else 'a number'}, got {v!r}")
+  if not math.isfinite(v):
+    raise ValueError(f"config.sparsity.{field}={v!r}: accepted values are finite numbers")
   bad_lo = v <= lo if lo_open else v < lo
   bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
   if bad_lo or bad_hi:
@@ -86,6 +89,7 @@ def validate(config, algorithms) -> dict:
   unknown = sorted(set(cfg) - set(DEFAULTS))
   if unknown:
     raise ValueError(f"config.sparsity: unknown field(s) {unknown}; accepted fields are {sorted(DEFAULTS)}")
+  given = set(cfg)
   cfg = {**DEFAULTS, **cfg}
   if cfg["algorithm"] not in algorithms:
     raise ValueError(f"config.sparsity.algorithm: {cfg['algorithm']!r} is not one of {tuple(algorithms)}")
@@ -115,12 +119,17 @@ def validate(config, algorithms) -> dict:
                      f"= {1 - cfg['target']:.6g} with distribution 'global'")
   _check_granularity(cfg)
   _check_patterns(cfg)
-  _check_regrowth(cfg)
+  _check_regrowth(cfg, given)
   return cfg
 
 
-def _check_regrowth(cfg):
-  """Fields of the prune-and-regrow algorithms (set, rigl, granet)."""
+def _check_regrowth(cfg, given):
+  """Fields of the prune-and-regrow algorithms (set, rigl, granet).
+
+  SET and RigL keep their per-layer counts for the whole run: `distribution` is that split (their random start has
+  it too). `init_distribution` is the split of GraNet's sparse start; given for set / rigl it must equal
+  `distribution` (older configs set both), and the resolved config holds the split that is used in both fields.
+  """
   algorithm = cfg["algorithm"]
   if cfg["regrow_end_step"] is not None:
     _check_number(cfg, "regrow_end_step", cfg["begin_step"] + 1, None, integer=True)
@@ -129,9 +138,17 @@ def _check_regrowth(cfg):
   if granularity.parse(cfg["granularity"], cfg["nm_axis"]).kind == "nm":
     raise ValueError(f"config.sparsity.granularity: {cfg['granularity']!r} is not supported by {algorithm!r}; "
                      f"use 'unstructured', 'block:RxC' or 'channel'")
-  if algorithm in ("set", "rigl") and cfg["distribution"] == "global":
-    raise ValueError(f"config.sparsity.distribution: 'global' does not apply to {algorithm!r}, whose per-layer "
-                     f"counts are fixed by init_distribution (one of {CHOICES['init_distribution']})")
+  if algorithm in ("set", "rigl"):
+    if cfg["distribution"] == "global":
+      raise ValueError(f"config.sparsity.distribution: 'global' does not apply to {algorithm!r}, whose per-layer "
+                       f"counts are fixed for the whole run; accepted values: {CHOICES['init_distribution']}")
+    if "init_distribution" in given and cfg["init_distribution"] != cfg["distribution"]:
+      if "distribution" in given:
+        raise ValueError(f"config.sparsity.init_distribution={cfg['init_distribution']!r} differs from "
+                         f"distribution={cfg['distribution']!r}: {algorithm!r} keeps one per-layer split for the "
+                         "whole run, set by `distribution`; drop init_distribution (it is GraNet's sparse start)")
+      cfg["distribution"] = cfg["init_distribution"]  # an older config that set only init_distribution
+    cfg["init_distribution"] = cfg["distribution"]
   if algorithm == "granet":
     if cfg["initial_sparsity"] > cfg["target"]:
       raise ValueError(f"config.sparsity.initial_sparsity={cfg['initial_sparsity']} must be <= "
@@ -172,7 +189,7 @@ def _check_patterns(cfg):
       raise ValueError(f"config.sparsity.{field}: expected {{regex: {what}}}, got {overrides!r}")
     for rx, v in overrides.items():
       _compile(field, rx)
-      if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
+      if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:  # NaN fails the range
         raise ValueError(f"config.sparsity.{field}[{rx!r}]={v!r} must be a {what} in [0, 1)")
     cfg[field] = dict(overrides)
 

@@ -10,6 +10,7 @@ one threshold over all prunable weights, with a per-layer `min_density` floor ap
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Mapping, Optional, Sequence
 
@@ -92,7 +93,14 @@ def layer_sparsities(distribution: str, shapes: Mapping[str, Sequence[int]], tar
 
 
 def keep_count(sparsity, size: int) -> jax.Array:
-  """Entries kept in a layer of `size` at `sparsity` (a float or a traced value)."""
+  """Entries kept in a layer of `size` at `sparsity`: round((1 - sparsity) * size), ties to even.
+
+  A Python or NumPy number is counted on the host in float64, exactly for any size a mask can have
+  (`keep_count(0.9, 10**8)` is 10**7). A traced sparsity (a schedule's value between its ends, float32) is counted in
+  float32, within size * 2**-23 of the exact count; `pruners.base.select_masks` counts the target itself exactly.
+  """
+  if isinstance(sparsity, numbers.Real):
+    return jnp.asarray(round((1.0 - float(sparsity)) * size), jnp.int32)
   return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * size).astype(jnp.int32)
 
 

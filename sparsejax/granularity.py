@@ -33,6 +33,9 @@ class Granularity(NamedTuple):
   def check(self, path: str, shape) -> None:
     """Raise a ValueError if this granularity cannot apply to a layer of `shape`."""
     where = f"config.sparsity.granularity={self.spec()!r} on layer {path} of shape {tuple(shape)}"
+    if self.axis is not None and self.kind == "nm" and not -len(shape) <= self.axis < len(shape):
+      raise ValueError(f"config.sparsity.nm_axis={self.axis} on layer {path} of shape {tuple(shape)}: accepted "
+                       f"values are None (the kernel's input axis) or an int in [{-len(shape)}, {len(shape) - 1}]")
     if self.kind == "nm":
       if len(shape) < 1 or shape[self._axis(shape)] % self.m:
         raise ValueError(f"{where}: axis length must be a multiple of m={self.m}")
@@ -87,10 +90,14 @@ class Granularity(NamedTuple):
     full = jnp.repeat(jnp.repeat(group_mask, br, axis=0), bc, axis=1)
     return full.reshape(shape)
 
-  def nm_mask(self, scores, keep):
-    """Keep the `keep` largest of every m consecutive entries along the axis (ties: lower index first)."""
+  def nm_mask(self, scores, keep, eligible=None):
+    """Keep the `keep` largest of every m consecutive entries along the axis (ties: lower index first); only
+    `eligible` entries (None: all) are kept, so a group with fewer eligible entries keeps fewer."""
     axis = self._axis(scores.shape)
-    moved = jnp.moveaxis(select.sortable_key(scores), axis, -1)
+    keys = select.sortable_key(scores)
+    if eligible is not None:
+      keys = jnp.where(eligible, keys, jnp.uint32(0))  # below every real key (>= 1)
+    moved = jnp.moveaxis(keys, axis, -1)
     groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // self.m, self.m))
     a, b = groups[..., :, None], groups[..., None, :]
     idx = jnp.arange(self.m)
@@ -98,8 +105,8 @@ class Granularity(NamedTuple):
     earlier = (idx[None, :] < idx[:, None]).reshape((1,) * (groups.ndim - 1) + (self.m, self.m))
     before = (b > a) | ((b == a) & earlier)
     rank = jnp.sum(before, axis=-1)
-    mask = (rank < keep).reshape(moved.shape)
-    return jnp.moveaxis(mask, -1, axis)
+    mask = jnp.moveaxis((rank < keep).reshape(moved.shape), -1, axis)
+    return mask if eligible is None else mask & eligible
 
 
 def _as_2d(shape):
@@ -112,6 +119,9 @@ def _as_2d(shape):
 
 def parse(spec: str, axis: Optional[int] = None) -> Granularity:
   """'unstructured' | 'n:m' | 'block:RxC' | 'channel' -> Granularity; anything else is a ValueError."""
+  if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+    raise ValueError(f"config.sparsity.nm_axis: got {axis!r}; accepted values: None (the kernel's input axis) or an "
+                     "int axis of the weight")
   if not isinstance(spec, str):
     raise ValueError(f"config.sparsity.granularity: {spec!r} is not one of {ACCEPTED}")
   if spec in ("unstructured", "channel"):

@@ -12,6 +12,7 @@ flattened param paths ("Dense_0/kernel"), first match wins, as in big_vision's `
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Optional, Sequence
 
 import jax
@@ -25,19 +26,50 @@ def is_none(x) -> bool:
   return x is None
 
 
-def path_str(keypath) -> str:
-  """'Dense_0/kernel' from a jax key path."""
+def _is_variable(x) -> bool:
+  # Flax NNX Variables (nnx.Param, the optimizer's OptState) wrap one array; imported only if the user imported nnx.
+  nnx = sys.modules.get("flax.nnx")
+  return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def pure(tree: PyTree) -> PyTree:
+  """`tree` with every Flax NNX Variable replaced by the array it holds (as `nnx.as_pure`); other trees unchanged.
+
+  `nnx.Optimizer` gives `tx.init` a state of Variables and `tx.update` the same state as plain arrays: sparsejax works
+  on the plain form, so masks, summaries and paths are the same whichever form a user passes.
+  """
+  if "flax.nnx" not in sys.modules:
+    return tree
+  return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
+
+
+def path_keys(keypath) -> tuple[str, ...]:
+  """('Dense_0', 'kernel') from a jax key path; the `value` attribute of an NNX Variable is not part of the name."""
   parts = []
   for k in keypath:
     if isinstance(k, jax.tree_util.DictKey):
       parts.append(str(k.key))
     elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
+      if k.name != "value":
+        parts.append(k.name)
     elif isinstance(k, jax.tree_util.SequenceKey):
       parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
     else:
       parts.append(str(k))
-  return "/".join(parts)
+  return tuple(parts)
+
+
+def path_str(keypath) -> str:
+  """'Dense_0/kernel' from a jax key path (NNX: 'l1/kernel', without the Variable's '/value')."""
+  return "/".join(path_keys(keypath))
+
+
+def is_float(x) -> bool:
+  """Whether a leaf holds floating-point numbers (only those are ever pruned: int and bool leaves never are)."""
+  dtype = getattr(x, "dtype", None)
+  return jnp.issubdtype(jnp.result_type(x) if dtype is None else dtype, jnp.floating)
 
 
 def flatten_with_paths(tree, is_leaf=None) -> list[tuple[str, Any]]:
@@ -64,12 +96,13 @@ def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> 
   Args:
     params: a params tree (dict, FrozenDict, any nesting).
     prunable: regexes matched (re.search) against each leaf's path; the first matching rule wins; a rule starting with
-      '!' excludes. A leaf matched by no rule is not prunable. None (the default) selects every leaf with ndim >= 2.
+      '!' excludes. A leaf matched by no rule is not prunable. None (the default) selects every floating-point leaf
+      with ndim >= 2. Integer and bool leaves are never prunable, whatever the rules say.
 
   Raises:
-    ValueError: a rule matches no param path.
+    ValueError: a rule matches no floating-point param path.
   """
-  flat = flatten_with_paths(params)
+  flat = [(p, x) for p, x in flatten_with_paths(pure(params)) if is_float(x)]
   if prunable is None:
     return [p for p, x in flat if np.ndim(x) >= 2]
   rules = _parse_rules(prunable)
@@ -84,7 +117,7 @@ def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> 
         break
   unused = [r.pattern for (r, _), u in zip(rules, used) if not u]
   if unused:
-    raise ValueError(f"config.sparsity.prunable: regex {unused} matches no param; param paths are "
+    raise ValueError(f"config.sparsity.prunable: regex {unused} matches no floating-point param; param paths are "
                      f"{[p for p, _ in flat]}")
   return chosen
 
@@ -93,7 +126,7 @@ def map_prunable(fn, params: PyTree, paths: Sequence[str]) -> PyTree:
   """Tree like params: fn(path, leaf) at the given paths, None elsewhere."""
   wanted = set(paths)
   return jax.tree_util.tree_map_with_path(
-      lambda kp, x: fn(path_str(kp), x) if path_str(kp) in wanted else None, params)
+      lambda kp, x: fn(path_str(kp), x) if path_str(kp) in wanted else None, pure(params))
 
 
 def create_masks(params: PyTree, prunable: Optional[Sequence[str]] = None) -> PyTree:
@@ -103,7 +136,7 @@ def create_masks(params: PyTree, prunable: Optional[Sequence[str]] = None) -> Py
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
   """params with the pruned entries set to exactly 0 (leaves without a mask unchanged)."""
-  return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)), masks, params,
+  return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)), pure(masks), pure(params),
                       is_leaf=is_none)
 
 
@@ -151,10 +184,11 @@ def summary(masks: PyTree, params: Optional[PyTree] = None) -> Summary:
   Returns:
     Summary: {"layers": {path: {"shape", "size", "nnz", "sparsity"}}, "total": {"prunable_params", "nnz", "sparsity"}}.
   """
+  masks = pure(masks)
   if params is None:
     arrays = [(p, m) for p, m in flatten_with_paths(masks, is_leaf=is_none) if m is not None]
   else:
-    pairs = jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none)
+    pairs = jax.tree.map(lambda m, p: None if m is None else p, masks, pure(params), is_leaf=is_none)
     arrays = [(p, x) for p, x in flatten_with_paths(pairs, is_leaf=is_none) if x is not None]
   counts = jax.device_get([jnp.count_nonzero(x) for _, x in arrays])
   layers, total_nnz, total_size = {}, 0, 0

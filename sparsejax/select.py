@@ -23,11 +23,14 @@ _BITS = 32
 
 
 def sortable_key(scores: jax.Array) -> jax.Array:
-  """uint32 keys with the order of the float32 scores; NaN ranks as -inf; every key is >= 1, so 0 marks 'excluded'."""
-  x = scores.astype(jnp.float32)
-  x = jnp.where(jnp.isnan(x), -jnp.inf, x)
-  x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and +0.0 tie
-  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  """uint32 keys with the order of the float32 scores; NaN ranks as -inf; every key is >= 1, so 0 marks 'excluded'.
+
+  Integer operations only: XLA:CPU flushes denormals to zero in float compares, which would rank 1e-40 equal to 0.
+  """
+  bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+  magnitude = bits & jnp.uint32(0x7FFFFFFF)
+  bits = jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(0xFF800000), bits)  # NaN -> -inf
+  bits = jnp.where(magnitude == 0, jnp.uint32(0), bits)  # -0.0 and +0.0 tie
   negative = (bits >> 31) == 1
   return jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
 

@@ -18,7 +18,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from sparsejax import parallel
+from sparsejax import parallel, transform
 
 # How many times each step function has been traced in this process; a second trace of the train step in one run
 # means a recompile, which tests catch.
@@ -48,9 +48,10 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, input_shape: 
   params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
   variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
-  params = variables["params"]
+  # Pruners that start sparse (random, set, rigl, sparse granet) draw masks in tx.init: step 0 starts masked.
+  params, opt_state = transform.sparse_init(tx, variables["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng)
+                    opt_state=opt_state, rng=state_rng)
 
 
 def _variables(state: TrainState) -> dict:

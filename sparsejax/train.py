@@ -117,9 +117,15 @@ def install_masks_at_init(state: TrainState, config, model: nn.Module, dataset, 
   batch_stats = state.batch_stats
 
   def apply_fn(params, x):
-    # Eval mode: the scores must not depend on (or change) BatchNorm statistics.
+    # SNIP and GraSP score with batch statistics (train mode), as their reference code does: with the initial running
+    # statistics (eval mode) BatchNorm is the identity and a ResNet-20's logits have a std of about 24, which
+    # saturates the softmax. The updated statistics are discarded. SynFlow scores in eval mode, as its paper does.
+    train = bool(batch_stats) and config.sparsity.algorithm != "synflow"
     variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-    return model.apply(variables, x, train=False)
+    if not train:
+      return model.apply(variables, x, train=False)
+    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return logits
 
   batches = [dataset.train_batch(i, config.training.batch_size) for i in range(pruner.config["num_batches"])]
   masks = sj.prune_at_init(pruner, apply_fn, state.params, batches)

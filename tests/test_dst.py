@@ -88,7 +88,8 @@ def _run(cfg, steps, on_step):
   """Train with sparsify(adam); on_step(t, params, state, previous_masks) after every step; returns the trace count."""
   params, loss = _problem()
   tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner(cfg))
-  state, traces = tx.init(params), []
+  params, state = sj.sparse_init(tx, params)  # a sparse start: step 0 sees the masked weights
+  traces = []
 
   @jax.jit
   def step(params, state):

@@ -35,7 +35,7 @@ def test_prunable_regexes_first_match_wins():
   assert sj.masks.prunable_paths(params, ["!head", "kernel"]) == ["enc/conv/kernel", "enc/dense_0/kernel"]
   assert sj.masks.prunable_paths(params, ["head/kernel", "!kernel", "bias"]) == [
       "enc/conv/bias", "enc/dense_0/bias", "head/bias", "head/kernel"]
-  with pytest.raises(ValueError, match="prunable.*matches no param"):
+  with pytest.raises(ValueError, match="prunable.*matches no floating-point param"):
     sj.masks.prunable_paths(params, ["kernel", "nothing_here"])
 
 

@@ -121,6 +121,7 @@ def test_set_masks_does_not_retrace():
   masks = jax.tree.map(lambda m: None if m is None else m.at[0].set(False), sj.get_masks(state),
                        is_leaf=lambda x: x is None)
   state = sj.set_masks(state, masks)
+  params = sj.apply_masks(params, masks)
   params, state = step(params, state)
   assert len(traces) == 1
   assert float(jnp.abs(params["head"]["kernel"][0]).sum()) == 0.0
@@ -153,8 +154,11 @@ def test_config_errors_name_the_field(fields, message):
 
 def test_errors_that_need_params_come_at_init():
   params, _ = _problem()
-  with pytest.raises(ValueError, match="prunable.*matches no param"):
+  with pytest.raises(ValueError, match="prunable.*matches no floating-point param"):
     sj.sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "prunable": ["nope"]})).init(params)
+  with pytest.raises(ValueError, match="nm_axis=2 on layer dense_0/kernel"):
+    sj.sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "granularity": "2:4", "target": 0.5,
+                                                  "nm_axis": 2})).init(params)
   with pytest.raises(ValueError, match="block:5x5.*dense_0/kernel"):
     sj.sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "granularity": "block:5x5"})).init(params)
 
@@ -165,7 +169,7 @@ def test_config_dict_accepted():
   assert sj.create_pruner(cfg).config["target"] == 0.5
 
 
-def test_set_masks_zeroes_the_moments_of_pruned_weights():
+def test_set_masks_resets_the_moments_of_pruned_weights_at_the_next_update():
   params, loss = _problem()
   tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner({"algorithm": "dense"}))
   state = tx.init(params)
@@ -177,10 +181,14 @@ def test_set_masks_zeroes_the_moments_of_pruned_weights():
   masks = jax.tree.map(lambda m: m, sj.get_masks(state), is_leaf=lambda x: x is None)
   masks["dense_0"]["kernel"] = jnp.asarray(kernel)
   state = sj.set_masks(state, masks)
+  assert bool(state.masks_set)
+  params, state = step(sj.apply_masks(params, masks), state)
   adam = state.inner[0]
+  assert not bool(state.masks_set)
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.nu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[1:] != 0)  # kept weights keep their moments
+  assert np.all(np.asarray(params["dense_0"]["kernel"])[0] == 0)
 
 
 @pytest.mark.parametrize("algorithm", ["gmp", "movement", "rigl"])

@@ -107,23 +107,30 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
   g = plan.gran
   if g.kind == "nm":
     keep = jnp.round((1.0 - sparsity_t) * g.m).astype(jnp.int32)
-    out = [g.nm_mask(s, keep) for s in scores]
-    return out if eligible is None else [m & e for m, e in zip(out, eligible)]
+    return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, s in enumerate(scores)]
   pooled = [g.pool(s) for s in scores]
   elig = None if eligible is None else [g.pool(e.astype(jnp.float32)) > 0 for e in eligible]
   groups = [g.num_groups(s) for s in plan.shapes]
   if plan.sparsities is not None:
-    ks = [distributions.keep_count(plan.layer_sparsity(i, sparsity_t), n) for i, n in enumerate(groups)]
+    ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
+          for i, n in enumerate(groups)]
     chosen = select.topk_masks(pooled, ks, elig)
   else:
     chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig)
   return [g.expand(c, s) for c, s in zip(chosen, plan.shapes)]
 
 
+def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Array:
+  """keep_count at `current`, except at the schedule's end (sparsity_t == target), where the count of the Python
+  float `final` is exact at any size (a float32 sparsity of 0.9 would keep 10000002 of 10**8)."""
+  at_target = jnp.asarray(sparsity_t, jnp.float32) == jnp.float32(plan.target)
+  return jnp.where(at_target, distributions.keep_count(final, size), distributions.keep_count(current, size))
+
+
 def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig):
   sizes = [_prod(s) for s in plan.shapes]
   weights = [n // k for n, k in zip(sizes, groups)]
-  k = distributions.keep_count(sparsity_t, sum(sizes))
+  k = _count(plan, sparsity_t, plan.target, sparsity_t, sum(sizes))
   if plan.min_density <= 0:
     return select.global_topk_masks(pooled, k, elig, weights)
   floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]

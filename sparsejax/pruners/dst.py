@@ -14,8 +14,8 @@ drop-and-grow by gradient ("zero-cost neuroregeneration") to gradual magnitude p
 
 >>> import sparsejax as sj
 >>> p = sj.create_pruner({"algorithm": "rigl", "target": 0.9, "end_step": 1000})
->>> [bool(p.is_update(t)) for t in (0, 100, 150, 1000)], p.config["init_distribution"]
-([True, True, False, False], 'erk')
+>>> [bool(p.is_update(t)) for t in (0, 100, 150, 1000)], p.config["distribution"]
+([True, True, False, False], 'uniform')
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def on_grid(t, begin: int, end: int, every: int):
 
 
 def init_plan(params, cfg: dict, sparsity: float) -> base.Plan:
-  """The plan of the random starting mask: `init_distribution`'s per-layer split of `sparsity`."""
+  """The plan of the random starting mask: `init_distribution`'s per-layer split of `sparsity` (for SET and RigL
+  the config's validation makes it equal to `distribution`, the split of the whole run)."""
   return base.make_plan(params, {**cfg, "distribution": cfg["init_distribution"], "target": float(sparsity)})
 
 
