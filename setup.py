@@ -26,7 +26,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6"],
         "tf": ["tensorflow-cpu>=2.16"],
     },
 )

@@ -3,13 +3,14 @@
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
 jitted update (under `lax.cond`, or for pruners that never grow a while loop of zero or one iteration, which leaves the
-masks in place between updates): no re-trace, no host round trip; in the same branch it resets the inner optimizer's
-state of every weight that is not kept both before and after this step to what `tx.init` gives, so a pruned weight
-carries no stale moment and a regrown weight starts from a fresh state; (3) masks the gradients, so between mask
-updates the state of pruned weights evolves as under zero gradients (it stays at its init value for every optax
-optimizer we test); (4) runs the inner optimizer, passing on any extra arguments (`value`, `grad`, `value_fn`); and
-(5) returns updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w,
-and w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0 until the next step.
+masks in place between updates): no re-trace, no host round trip; in the same loop it resets the inner optimizer's
+state of every weight not kept both before and after this step to what `tx.init` gives (Adagrad's 0.1, not 0), so a
+pruned weight carries no stale moment, and it resets a weight grown at one mask update again at the next step, so
+that the weight starts its first real update from exactly tx.init's state; (3) masks the gradients, so the state of
+pruned weights sees only zero gradients; (4) runs the inner optimizer, passing on any extra arguments (`value`,
+`grad`, `value_fn`); and (5) returns updates that take every pruned weight to exactly 0 and never move it: for a
+pruned weight the update is -w, and w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0
+until the next step.
 
 Which leaves of the inner optimizer's state belong to which weight is found by path and shape (`state_slots`), so any
 layout works: `optax.chain`, `multi_transform`, `masked`, `MultiSteps`, `inject_hyperparams`, a bare array as params.
@@ -40,12 +41,17 @@ COMPOSITION = (
 
 
 class SparseState(NamedTuple):
-  """count: updates done so far (the step); pruner: masks and the pruner's arrays; inner: the wrapped optimizer's
-  state; masks_set: True from `set_masks` until the next update has reset the state of the pruned weights."""
+  """The `sparsify` optimizer state.
+
+  count: updates done so far (the step). pruner: masks and the pruner's arrays. inner: the wrapped optimizer's state.
+  fresh: bool tree like the masks: weights whose inner state is reset to tx.init's before the next update (the
+    weights grown at the last mask update, or those `set_masks` pruned or grown). pending: whether any is.
+  """
   count: jax.Array
   pruner: PrunerState
   inner: optax.OptState
-  masks_set: jax.Array
+  fresh: PyTree
+  pending: jax.Array
 
 
 class Slot(NamedTuple):
@@ -113,14 +119,31 @@ def _raise_if_pruned_nonzero(bad, paths):
   return np.zeros((), np.int32)
 
 
-def _check_pruned_zero(params, masks) -> jax.Array:
+_CHECK_WHOLE = 1 << 16  # layers up to this size are checked whole at every step
+_CHECK_SLICES = 8       # larger ones one slice of 1/8 at a time, in turn
+
+
+def _unchecked_part(p, m, step):
+  """Whether a pruned weight is nonzero in (a slice of) one layer. A layer of more than _CHECK_WHOLE weights is checked
+  one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every _CHECK_SLICES steps for
+  an eighth of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU)."""
+  p, m = p.reshape(-1), m.reshape(-1)
+  n = p.shape[0]
+  if n > _CHECK_WHOLE:
+    c = -(-n // _CHECK_SLICES)
+    start = jnp.minimum((step % _CHECK_SLICES) * c, n - c)
+    p, m = lax.dynamic_slice(p, (start,), (c,)), lax.dynamic_slice(m, (start,), (c,))
+  return jnp.any(~m & (p != 0))
+
+
+def _check_pruned_zero(params, masks, step) -> jax.Array:
   """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`.
 
-  Returns an int32 0 that the caller must use (a pure callback whose result is unused would be removed). A pure
-  callback, not `jax.debug.callback`: a computation with side effects loses jit's fast dispatch path (about 2 ms a
-  step on CPU).
+  Every weight is looked at within _CHECK_SLICES steps (small layers at every step). Returns an int32 0 that the caller
+  must use (a pure callback whose result is unused would be removed). A pure callback, not `jax.debug.callback`: a
+  computation with side effects loses jit's fast dispatch path (about 2 ms a step on CPU).
   """
-  pairs = jax.tree.map(lambda m, p: None if m is None else jnp.any(~m & (p != 0)), masks, params,
+  pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step), masks, params,
                        is_leaf=masks_lib.is_none)
   bad = masks_lib.mask_leaves(pairs)
   if not bad:
@@ -140,8 +163,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   is: `sparsify` must be the last transformation of the chain. Transformations inside it (or chained before it:
   clipping, weight decay, `inject_hyperparams`, `multi_transform`, `masked`) are fine. Anything after it that changes
   its updates (`optax.chain(sparsify(...), optax.scale(0.5))`, the slow-weight sync of `optax.lookahead`) cannot keep
-  pruned weights at 0: the next update finds a pruned weight that is not 0 and raises a ValueError that says so
-  (the same check catches a sparse start from dense params). `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates
+  pruned weights at 0: an update finds a pruned weight that is not 0 (each weight is checked at least every 8 steps)
+  and raises an error that says so; the same check catches a sparse start from dense params. `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates
   k micro-batches per real update and the pruning schedule counts real updates; `sparsify(optax.MultiSteps(tx, k),
   pruner)` also keeps pruned weights at 0 but its schedule counts micro-steps.
 
@@ -168,52 +191,61 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     if type(params).__name__ == "LookaheadParams":
       raise ValueError(f"sparsejax.sparsify cannot wrap optax.lookahead. {COMPOSITION}")
     params = masks_lib.pure(params)
-    return SparseState(jnp.zeros((), jnp.int32), pruner.init(params), inner_tx.init(params), jnp.zeros((), bool))
+    # Weak types stripped: the update returns strongly typed state (L-BFGS's line-search info), and a jitted step
+    # given the init's weakly typed scalars would trace a second time.
+    inner = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)) if isinstance(x, jax.Array) else x,
+                         inner_tx.init(params))
+    pstate = pruner.init(params)
+    fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros(m.shape, bool), pstate.masks,
+                         is_leaf=masks_lib.is_none)
+    return SparseState(jnp.zeros((), jnp.int32), pstate, inner, fresh, jnp.zeros((), bool))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
-    pstate, step, inner = state.pruner, state.count, state.inner
-    checked = _check_pruned_zero(params, pstate.masks)
+    pstate, step = state.pruner, state.count
+    checked = _check_pruned_zero(params, pstate.masks, step)
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
     scheduled = pruner.is_update(step)
-    refresh = scheduled | state.masks_set
 
-    def refreshed(p, g, ps, inner):
-      # At a schedule step, masks are recomputed from this step's weights and dense gradients; after set_masks alone
-      # they stay as set. keep = new & old: a weight grown at this step stays exactly 0 for this step, and the state
-      # of every weight not kept is reset to tx.init's, once, here.
-      # A select, not a nested cond, which would copy the masks and the optimizer state at every step.
+    def refresh(carry):
+      i, ps, inner, fresh, _ = carry
+      # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
+      # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs
+      # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
+      p, g, ps, fresh, _ = lax.optimization_barrier((params, grads, ps, fresh, i))
+      # At a schedule step, masks are recomputed from this step's weights and dense gradients; otherwise (a reset
+      # left pending) they stay (a select, not a nested cond, which would copy the masks at every step).
       new = jax.tree.map(lambda a, b: jnp.where(scheduled, a, b), pruner.update(p, g, ps, step), ps)
-      keep = jax.tree.map(lambda n, o: None if n is None else n & o, new.masks, ps.masks, is_leaf=masks_lib.is_none)
-      return new, keep, reset_pruned_state(inner, inner_tx.init(p), keep)
+      old, new_masks = ps.masks, new.masks
+      # keep = new & old: a weight grown now stays exactly 0 for this step. The state of every weight not kept, and
+      # of the fresh ones, is reset to tx.init's before this step's update; the weights grown now are reset again
+      # before the next one, their first real update, so that they start it from exactly tx.init's state.
+      kept = jax.tree.map(lambda n, o, f: None if n is None else n & o & ~f, new_masks, old, fresh,
+                          is_leaf=masks_lib.is_none)
+      inner = reset_pruned_state(inner, inner_tx.init(p), kept)
+      grown = jax.tree.map(lambda n, o: None if n is None else n & ~o, new_masks, old, is_leaf=masks_lib.is_none)
+      any_grown = jnp.any(jnp.stack([jnp.any(x) for x in masks_lib.mask_leaves(grown)] or [jnp.zeros((), bool)]))
+      return i + 1, new, inner, grown, any_grown
 
-    if pruner.grows:
-      pstate, keep, inner = lax.cond(refresh, lambda ops: refreshed(params, grads, *ops),
-                                     lambda ops: (ops[0], ops[0].masks, ops[1]), (pstate, inner))
-    else:
-      # New masks are a subset of the old ones, so keep is the new masks. A loop of zero or one iteration instead of
-      # lax.cond: a while loop updates its carry in place, so between mask updates the masks pass through untouched,
-      # where a cond copies them twice per step on XLA:CPU (about 10% of an Adam step of an 800k-weight MLP).
-      def once(carry):
-        i, ps, inner = carry
-        # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
-        # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs
-        # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
-        p, g, ps, _ = lax.optimization_barrier((params, grads, ps, i))
-        new, _, inner = refreshed(p, g, ps, inner)
-        return i + 1, new, inner
-
-      _, pstate, inner = lax.while_loop(lambda c: (c[0] == 0) & refresh, once,
-                                        (jnp.zeros((), jnp.int32), pstate, inner))
+    # A loop of zero or one iteration instead of lax.cond: a while loop updates its carry in place, so between mask
+    # updates masks and optimizer state pass through untouched, where a cond copies them twice per step on XLA:CPU.
+    # Its counter starts at the check's result (0): the check then reads the masks before the loop can update them
+    # in place, and XLA need not copy masks and params to keep them for it.
+    _, pstate, inner, fresh, pending = lax.while_loop(
+        lambda c: (c[0] == 0) & (scheduled | state.pending), refresh,
+        (checked, pstate, state.inner, state.fresh, jnp.zeros((), bool)))
+    if pruner.grows:  # keep = new & old = new & ~grown
+      keep = jax.tree.map(lambda m, f: None if m is None else m & ~f, pstate.masks, fresh, is_leaf=masks_lib.is_none)
+    else:  # nothing grows (fresh is all False after the loop): the masks are kept as they are
       keep = pstate.masks
-    # Between mask updates the state of pruned weights sees only zero gradients; what fuses with the optimizer's own
-    # elementwise pass is the gradient mask and the final select.
+    # The state of pruned weights sees only zero gradients; what fuses with the optimizer's own elementwise pass is
+    # the gradient mask and the final select.
     updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), inner, params, **extra_args)
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
-    return updates, SparseState(step + 1 + checked, pstate, inner, jnp.zeros((), bool))
+    return updates, SparseState(step + 1, pstate, inner, fresh, pending)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -248,14 +280,16 @@ def get_step(opt_state) -> jax.Array:
 def set_masks(opt_state, masks: PyTree):
   """The optimizer state with its masks replaced (same shapes: a jitted step does not re-trace).
 
-  The next update resets the inner optimizer's state of every weight that `masks` prunes to what `tx.init` gives,
-  as a mask update inside the step would, so a weight pruned here and regrown later starts from a fresh state. Apply
-  the same masks to the params (`sj.apply_masks`) before that update.
+  The next update first resets the inner optimizer's state of every weight that `masks` prunes, or grows, to what
+  `tx.init` gives, as a mask update inside the step would. Apply the same masks to the params (`sj.apply_masks`)
+  before that update.
   """
 
   def swap(x):
     if _is_sparse_state(x):
-      return x._replace(pruner=x.pruner._replace(masks=masks), masks_set=jnp.ones((), bool))
+      fresh = jax.tree.map(lambda n, o: None if n is None else ~(n & o), masks, x.pruner.masks,
+                           is_leaf=masks_lib.is_none)
+      return x._replace(pruner=x.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
     return x
 
   return jax.tree.map(swap, opt_state, is_leaf=_is_sparse_state)

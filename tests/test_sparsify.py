@@ -181,10 +181,10 @@ def test_set_masks_resets_the_moments_of_pruned_weights_at_the_next_update():
   masks = jax.tree.map(lambda m: m, sj.get_masks(state), is_leaf=lambda x: x is None)
   masks["dense_0"]["kernel"] = jnp.asarray(kernel)
   state = sj.set_masks(state, masks)
-  assert bool(state.masks_set)
+  assert bool(state.pending)
   params, state = step(sj.apply_masks(params, masks), state)
   adam = state.inner[0]
-  assert not bool(state.masks_set)
+  assert not bool(state.pending)
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.nu["dense_0"]["kernel"])[0] == 0)
   assert np.all(np.asarray(adam.mu["dense_0"]["kernel"])[1:] != 0)  # kept weights keep their moments
