@@ -210,3 +210,37 @@ def test_prune_at_init_errors_name_the_problem():
     sj.prune_at_init(sj.create_pruner({"algorithm": "grasp", "target": 0.5}), fn, params, [{"image": np.ones((2, 20))}])
   with pytest.raises(ValueError, match="needs batches"):
     sj.prune_at_init(sj.create_pruner({"algorithm": "synflow", "target": 0.5}), fn, params, None)
+
+
+def test_engine_scores_batchnorm_models_with_batch_statistics():
+  """SNIP on ResNet-20 through the engine must score in train mode (batch statistics), as the reference SNIP and GraSP
+  code does: with the initial running statistics (eval mode) BatchNorm is the identity and the logits saturate."""
+  from sparsejax import train
+  from sparsejax.config_validation import validate
+  from tiny_dataset import TinyDataset
+  config = validate({"model": {"name": "resnet20"}, "data": {"name": "tiny"},
+                     "training": {"num_steps": 2, "batch_size": 16},
+                     "sparsity": {"algorithm": "snip", "target": 0.9, "distribution": "global"}})
+  data = TinyDataset(input_shape=(8, 8, 3))
+  model = train.create_model("resnet20", 10)
+  dense = train.create_train_state(config, model, data, jax.random.PRNGKey(0), prune_at_init=False)
+  state = train.create_train_state(config, model, data, jax.random.PRNGKey(0))
+  batch = data.train_batch(0, 16)
+  variables = {"params": dense.params, "batch_stats": dense.batch_stats}
+
+  def train_mode(p, x):
+    return model.apply(dict(variables, params=p), x, train=True, mutable=["batch_stats"])[0]
+
+  def eval_mode(p, x):
+    return model.apply(dict(variables, params=p), x, train=False)
+
+  assert float(jnp.std(eval_mode(dense.params, batch["image"]))) > 5 * float(jnp.std(train_mode(dense.params,
+                                                                                               batch["image"])))
+  pruner = sj.create_pruner(config.sparsity)
+  want = sj.prune_at_init(pruner, train_mode, dense.params, [batch])
+  not_want = sj.prune_at_init(pruner, eval_mode, dense.params, [batch])
+  got = sj.get_masks(state.opt_state)
+  for g, w in zip(sj.masks.mask_leaves(got), sj.masks.mask_leaves(want)):
+    np.testing.assert_array_equal(g, w)
+  assert any(np.any(np.asarray(g) != np.asarray(n)) for g, n in
+             zip(sj.masks.mask_leaves(got), sj.masks.mask_leaves(not_want)))
