@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mnist1d_mlp"
+  # Options every model of the zoo takes; None: the model's default. Others (widths, shortcut, small_input...) are
+  # set by the configs of the models that take them.
+  config.model.kernel_init = config_dict.placeholder(str)  # he | lecun | torch | glorot
+  config.model.dtype = config_dict.placeholder(str)        # float32 | bfloat16 (computation; params stay float32)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist1d"
@@ -25,6 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = config_dict.placeholder(str)  # None: the dataset's default location
   config.data.validation_size = 0                     # examples split off the train set
   config.data.normalize = True
+  # Per-dataset options; None: the dataset's default, and ignored by datasets that do not take them.
+  config.data.augment = config_dict.placeholder(bool)        # image datasets: random crop and flip
+  config.data.in_memory = config_dict.placeholder(bool)      # tfds: None decides by size
+  config.data.num_samples = config_dict.placeholder(int)     # mnist1d
+  config.data.train_split = config_dict.placeholder(float)   # mnist1d
+  config.data.data_seed = config_dict.placeholder(int)       # mnist1d
 
   config.training = ml_collections.ConfigDict()
   training = config.training
@@ -48,15 +58,37 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_checkpoints = 2
   training.progress = "auto"                             # auto | bar | lines | none
 
+  # Every field of sparsejax/config.py, so that each can be set from the command line on every config.
   config.sparsity = ml_collections.ConfigDict()
   sparsity = config.sparsity
-  sparsity.algorithm = "dense"
+  sparsity.algorithm = "dense"   # dense | oneshot | gmp | imp | set | rigl | granet | snip | grasp | synflow | random | movement
   sparsity.target = 0.0
   sparsity.distribution = "uniform"                      # uniform | er | erk | global
-  sparsity.granularity = "unstructured"                  # unstructured | n:m | block:HxW | channel
+  sparsity.granularity = "unstructured"                  # unstructured | n:m | block:RxC | channel
+  sparsity.nm_axis = config_dict.placeholder(int)        # None: the kernel's input axis
+  sparsity.prunable = config_dict.placeholder(tuple)     # regexes; None: every float leaf with ndim >= 2
+  sparsity.min_density = 0.0
+  sparsity.overrides = config_dict.placeholder(dict)     # {regex: sparsity}
   sparsity.begin_step = 0
-  sparsity.end_step = 0
+  sparsity.end_step = config_dict.placeholder(int)       # None: begin_step
   sparsity.update_every = 100
+  sparsity.initial_sparsity = 0.0
+  sparsity.power = 3.0
+  sparsity.seed = config_dict.placeholder(int)           # None: config.seed
+  sparsity.levels = 0                                    # imp
+  sparsity.prune_fraction = 0.2
+  sparsity.rewind = "init"                               # init | step | lr | finetune
+  sparsity.rewind_step = 0
+  sparsity.prune_fraction_overrides = config_dict.placeholder(dict)
+  sparsity.control = "none"                              # none | random_reinit | random_mask | both
+  sparsity.drop_fraction = 0.3                           # set, rigl, granet
+  sparsity.drop_schedule = "cosine"                      # cosine | constant | linear
+  sparsity.init_distribution = "erk"                     # granet's sparse start (set/rigl: distribution)
+  sparsity.initial = "dense"                             # granet: dense | sparse
+  sparsity.regrow_end_step = config_dict.placeholder(int)
+  sparsity.iterations = 100                              # synflow rounds
+  sparsity.num_batches = 1                               # snip / grasp batches
+  sparsity.temperature = 200.0                           # grasp
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data_parallel = 1                          # devices the batch is split over; -1: all

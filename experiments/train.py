@@ -4,26 +4,116 @@ r"""Trains one config: flags only; the loop is `sparsejax.train.train_and_evalua
       [--config.training.num_steps=500 ...]
 
 Running again with the same workdir resumes from its latest checkpoint; a finished run prints its results.
+
+Exit status: 0 when the run finished (or was already finished); 2 for a bad input (a config field, a config file, a
+flag, a workdir, missing data), with one message on stderr that names what is wrong and what is accepted, and no
+traceback (`--traceback` shows it); 3 when training diverged (results.json then says "status": "diverged").
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from __future__ import annotations
 
-config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints and results.")
-flags.mark_flags_as_required(["config", "workdir"])
+import os
+import sys
+from typing import Optional, Sequence
+
+BAD_INPUT, DIVERGED = 2, 3
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # Orbax logs every save at INFO; our progress lines say what matters. --verbosity=0 brings the logs back.
-    logging.set_verbosity(logging.WARNING)
-  # Imported here so that --help answers without initialising JAX.
-  from sparsejax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+def _config_fields(argv: Sequence[str]) -> list[str]:
+  """Every field path of the config file named by --config (for suggestions), or [] when it cannot be loaded."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None:
+    return []
+  try:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    spec = importlib.util.spec_from_file_location("_sparsejax_config_hint", path.split(":", 1)[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception:  # pylint: disable=broad-except (only for a hint)
+    return []
+  out = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, "items"):
+        walk(value, f"{prefix}{key}.")
+      else:
+        out.append(f"{prefix}{key}")
+
+  if config is not None:
+    walk(config, "config.")
+  return out
+
+
+def _flag_error(error: Exception, argv: Sequence[str]) -> str:
+  from sparsejax import validation  # pylint: disable=g-import-not-at-top
+  fields = _config_fields(argv)
+  for arg in argv:
+    name = arg[2:].split("=", 1)[0] if arg.startswith("--config.") else None
+    if name and fields and name not in fields:
+      return (f"{name}: unknown field{validation.close_names(name, fields)}; every field of configs/default.py can "
+              "be set from the command line")
+    if name and "=" in arg and fields:
+      value = arg.split("=", 1)[1]
+      if str(error).find(name.split(".")[-1]) >= 0 or str(error).find(value) >= 0:
+        return f"{name}: got {value!r}, which cannot be parsed: {' '.join(str(error).split())}"
+  text = str(error).strip().splitlines()
+  name = None
+  if type(error).__name__ == "UnrecognizedFlagError":
+    name = text[0].split("'")[1] if "'" in text[0] else None
+  if name and name.startswith("config."):
+    return f"{name}: unknown field; every field of configs/default.py can be set from the command line"
+  if name:
+    return f"--{name}: unknown flag; accepted flags: --config, --config.<field>, --workdir, --traceback"
+  detail = " ".join(line.strip() for line in text if line.strip())
+  return f"--config: {detail}"
+
+
+def run(argv: Sequence[str], stderr=None) -> int:
+  """The launcher as a function: parses `argv`, trains, and returns the exit status (see the module docstring)."""
+  stderr = stderr or sys.stderr
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (configs/*.py).",
+                                  flag_values=fv, lock_config=True, sys_argv=list(argv))
+  flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints and results.", flag_values=fv)
+  flags.DEFINE_bool("traceback", False, "Show the Python traceback of an error.", flag_values=fv)
+  traceback = "--traceback" in argv
+
+  def fail(message: str, status: int = BAD_INPUT) -> int:
+    print(f"error: {message}", file=stderr, flush=True)
+    if traceback:
+      import traceback as tb  # pylint: disable=g-import-not-at-top
+      tb.print_exc(file=stderr)
+    return status
+
+  try:
+    fv(list(argv))
+    config = fv.config
+    if type(config).__name__ == "_ErrorConfig":  # ml_collections defers a config file's load error
+      raise getattr(config, "_error")
+  except Exception as e:  # pylint: disable=broad-except (every way a flag or a config file can be wrong)
+    return fail(_flag_error(e, argv))
+  if config is None:
+    return fail("--config: required; accepted values: a config file such as configs/mnist1d_mlp_gmp.py")
+  if fv.workdir is None:
+    return fail("--workdir: required; accepted values: a directory path (created when missing)")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; our progress lines say what matters
+  from sparsejax import train, validation  # pylint: disable=g-import-not-at-top (--help answers without JAX)
+  try:
+    results = train.train_and_evaluate(config, fv.workdir)
+  except (validation.ConfigError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    return fail(str(e))
+  if results.get("status") == "diverged":
+    return DIVERGED
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  sys.exit(run(list(sys.argv if argv is None else argv)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.path.insert(0, os.getcwd())  # `configs` imports resolve from the repository root, as with `python -m`
+  main()

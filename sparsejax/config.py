@@ -4,6 +4,7 @@ Every field is checked before anything is compiled or written. `validate` return
 """
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import re
@@ -25,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "update_every": 100,
     "initial_sparsity": 0.0,    # gmp: s_i of Zhu & Gupta
     "power": 3.0,               # gmp: exponent of the polynomial schedule
-    "seed": 0,                  # PRNG seed of random scores, random growth and random masks
+    "seed": None,               # PRNG seed of random scores, growth and masks; None: the experiment's config.seed (0)
     # imp (lottery tickets)
     "levels": 0,
     "prune_fraction": 0.2,
@@ -71,16 +72,13 @@ def _as_dict(config) -> dict:
 def _check_number(cfg, field, lo, hi, integer=False, lo_open=False, hi_open=False):
   v = cfg[field]
   ok_type = isinstance(v, numbers.Integral) if integer else isinstance(v, numbers.Real)
-  if isinstance(v, bool) or not ok_type:
-    raise ValueError(f"config.sparsity.{field}: expected {'an int' if integer else 'a number'}, got {v!r}")
-  if not math.isfinite(v):
-    raise ValueError(f"config.sparsity.{field}={v!r}: accepted values are finite numbers")
-  bad_lo = v <= lo if lo_open else v < lo
-  bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
-  if bad_lo or bad_hi:
-    lb = "(" if lo_open else "["
-    rb = ")" if hi_open else "]"
-    raise ValueError(f"config.sparsity.{field}={v!r} is outside {lb}{lo}, {'inf' if hi is None else hi}{rb}")
+  lb, rb = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
+  accepted = f"{'an int' if integer else 'a finite number'} in {lb}{lo}, {'inf' if hi is None else hi}{rb}"
+  bad = isinstance(v, bool) or not ok_type or not math.isfinite(v)
+  if not bad:
+    bad = (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi))
+  if bad:
+    raise ValueError(f"config.sparsity.{field}: got {v!r}; accepted values: {accepted}")
 
 
 def validate(config, algorithms) -> dict:
@@ -88,14 +86,18 @@ def validate(config, algorithms) -> dict:
   cfg = _as_dict(config)
   unknown = sorted(set(cfg) - set(DEFAULTS))
   if unknown:
-    raise ValueError(f"config.sparsity: unknown field(s) {unknown}; accepted fields are {sorted(DEFAULTS)}")
+    close = difflib.get_close_matches(unknown[0], list(DEFAULTS), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ValueError(f"config.sparsity.{unknown[0]}: unknown field{hint}; accepted fields are {sorted(DEFAULTS)}")
   given = set(cfg)
   cfg = {**DEFAULTS, **cfg}
   if cfg["algorithm"] not in algorithms:
-    raise ValueError(f"config.sparsity.algorithm: {cfg['algorithm']!r} is not one of {tuple(algorithms)}")
+    raise ValueError(f"config.sparsity.algorithm: got {cfg['algorithm']!r}, which is not one of the accepted values "
+                     f"{tuple(algorithms)}")
   for field, choices in CHOICES.items():
     if cfg[field] not in choices:
-      raise ValueError(f"config.sparsity.{field}: {cfg[field]!r} is not one of {tuple(choices)}")
+      raise ValueError(f"config.sparsity.{field}: got {cfg[field]!r}, which is not one of the accepted values "
+                       f"{tuple(choices)}")
   _check_number(cfg, "target", 0.0, 1.0, hi_open=True)
   _check_number(cfg, "initial_sparsity", 0.0, 1.0, hi_open=True)
   _check_number(cfg, "min_density", 0.0, 1.0)
@@ -105,6 +107,8 @@ def validate(config, algorithms) -> dict:
   _check_number(cfg, "temperature", 0.0, None, lo_open=True)
   if cfg["end_step"] is None:
     cfg["end_step"] = cfg["begin_step"]
+  if cfg["seed"] is None:
+    cfg["seed"] = 0
   for field in ("begin_step", "end_step", "rewind_step", "levels", "seed"):
     _check_number(cfg, field, 0, None, integer=True)
   for field in ("update_every", "iterations", "num_batches"):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparsejax as sj
-from sparsejax import checkpoint, report, select
+from sparsejax import checkpoint, report, select, validation
 from sparsejax import train as train_lib
 
 TICKET = "ticket"
@@ -96,18 +96,9 @@ def with_masks(state, masks, params=None):
 
 
 def check_config(setup: train_lib.Setup) -> dict:
-  """IMP fields checked before anything is compiled or written."""
-  cfg = sj.config.validate(setup.config.sparsity, tuple(sj.REGISTRY))
-  if cfg["levels"] < 1:
-    raise ValueError(f"config.sparsity.levels={cfg['levels']} must be >= 1 for algorithm 'imp'")
-  if cfg["distribution"] not in ("uniform", "global"):
-    raise ValueError(f"config.sparsity.distribution={cfg['distribution']!r}: imp prunes per layer ('uniform') or "
-                     "globally ('global')")
-  if cfg["granularity"] != "unstructured":
-    raise ValueError(f"config.sparsity.granularity={cfg['granularity']!r}: imp supports 'unstructured' only")
-  if cfg["rewind"] != "init" and not 0 <= cfg["rewind_step"] < setup.num_steps:
-    raise ValueError(f"config.sparsity.rewind_step={cfg['rewind_step']} must be in [0, num_steps="
-                     f"{setup.num_steps}) for rewind {cfg['rewind']!r}")
+  """The IMP fields, checked by `validation` before anything is built (`validation.check_imp`)."""
+  cfg = dict(setup.config.sparsity)
+  validation.check_imp(cfg)
   return cfg
 
 
@@ -346,10 +337,18 @@ def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None, o
   Every config error is raised before anything is compiled or written. `on_level` is passed to `Lottery.run`;
   `reference` (published points) to `plot_levels`.
   """
-  setup = setup or train_lib.build(config)
+  config = validation.validate(config, workdir)
+  resuming = report.check_workdir(workdir, config)
+  finished = report.read_json(os.path.join(workdir, "levels.json")) if resuming else None
+  if finished and len(finished) > config.sparsity.levels + 1:
+    raise validation.ConfigError(
+        f"config.sparsity.levels: got {config.sparsity.levels}; accepted values: an int >= {len(finished) - 1} in "
+        f"this workdir, which holds {len(finished) - 1} finished levels (use a new workdir for fewer: results.json, "
+        "levels.json and the plot are not rewritten with fewer levels)")
+  setup = setup or train_lib.build(config, workdir)
   lottery_cfg = check_config(setup)
   del lottery_cfg
-  results = report.read_results(workdir) if report.check_workdir(workdir, setup.config) else None
+  results = report.read_results(workdir) if resuming else None
   if results is not None and len(results.get("levels", [])) == setup.config.sparsity.levels + 1:
     print(report.format_results(results), flush=True)
     return results

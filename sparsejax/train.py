@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 import sparsejax as sj
-from sparsejax import checkpoint, config_validation, optim, parallel, report, steps
+from sparsejax import checkpoint, config_validation, optim, parallel, report, steps, validation
 from sparsejax.data import create_dataset
 from sparsejax.models import create_model
 from sparsejax.pruners import pai
@@ -43,26 +43,29 @@ class Setup(NamedTuple):
   pruner: sj.Pruner
 
 
-def build(config) -> Setup:
+def build(config, workdir: Optional[str] = None) -> Setup:
   """Validates `config` and creates dataset, model, optimizer and mesh, without writing or compiling anything.
 
-  Every config error surfaces here: training / mesh / top level (`config_validation`), model and data (their
-  factories), sparsity (`sj.create_pruner`), and shape errors (an abstract trace of model and optimizer init).
+  Every config error surfaces here, as a `validation.ConfigError`: every section and the fields across them before
+  the dataset is opened (`validation.validate`), the checks that need its size right after
+  (`validation.check_data`), and shape errors (an abstract trace of model and optimizer init).
 
   Args:
     config: a ConfigDict (or nested dict) laid out as in configs/default.py.
+    workdir: checked as well when given (a file, an unwritable directory or '' are refused).
 
   Returns:
-    Setup(config (validated, defaults filled in), model, dataset, tx (sparsified), num_steps, mesh, lr_schedule,
-    pruner).
+    Setup(config (validated, every default filled in), model, dataset, tx (sparsified), num_steps, mesh,
+    lr_schedule, pruner).
   """
-  config = config_validation.validate(config)
+  config = validation.validate(config, workdir)
   parallel.initialize_distributed(config.mesh)  # multi-host: before anything touches a device
   pruner = sj.create_pruner(config.sparsity)
   dataset = create_dataset(config.data, seed=config.seed)
-  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name" and v is not None}
   model = create_model(config.model.name, dataset.num_classes, **model_kwargs)
   num_steps = config_validation.num_train_steps(config.training, dataset.num_train)
+  validation.check_data(config, dataset.num_train, num_steps)
   tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), pruner)
   mesh = parallel.create_mesh(config.mesh)
   n = mesh.shape[parallel.DATA_AXIS]
@@ -235,11 +238,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config: a ConfigDict laid out as in configs/default.py.
     workdir: the run directory (created when missing); see DESIGN.md for the files written there.
   """
-  setup = build(config)
-  if setup.config.sparsity.algorithm == "imp":
+  config = validation.validate(config, workdir)  # every config and workdir error before the dataset is opened
+  if config.sparsity.algorithm == "imp":
     from sparsejax import lottery  # pylint: disable=g-import-not-at-top (lottery imports this module)
-    return lottery.run_lottery(setup.config, workdir, setup)
-  results = _finished(workdir, setup.num_steps) if report.check_workdir(workdir, setup.config) else None
+    return lottery.run_lottery(config, workdir)
+  resuming_run = report.check_workdir(workdir, config)
+  setup = build(config, workdir)
+  results = _finished(workdir, setup.num_steps) if resuming_run else None
   if results is not None:
     if report.is_writer():
       print(report.format_results(results), flush=True)

@@ -28,7 +28,7 @@ AT_INIT = ("snip", "grasp", "synflow", "random")
 @pytest.fixture
 def tiny_data(monkeypatch):
   """`train.build` gets a TinyDataset of 40 features (the input of mlp and mnist1d_mlp)."""
-  monkeypatch.setattr(train, "create_dataset", lambda data_config, seed: TinyDataset(seed=seed))
+  monkeypatch.setattr(train, "create_dataset", lambda data_config, seed: TinyDataset(seed=seed, num_train=128))
 
 
 @pytest.fixture

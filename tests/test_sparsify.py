@@ -141,7 +141,7 @@ BAD_CONFIGS = [
     ({"begin_step": 10, "end_step": 10}, "end_step.*must be > begin_step"),
     ({"update_every": 0}, "update_every"),
     ({"prunable": ["(unclosed"]}, "prunable.*bad regex"),
-    ({"tartget": 0.5}, "unknown field.*tartget"),
+    ({"tartget": 0.5}, "tartget: unknown field .did you mean target"),
     ({"distribution": "global", "target": 0.9, "min_density": 0.2}, "min_density"),
 ]
 

@@ -99,6 +99,8 @@ def resolve_options(data_config: Any) -> tuple[DatasetEntry, dict]:
   entry = _BY_SOURCE[source] if source != "auto" else DATASETS.get(name, _BY_SOURCE["tfds"])
   opts = {**COMMON_OPTIONS, **entry.options}
   for field, value in data_config.items():
+    if value is None and (field not in opts or opts[field] is not None):
+      continue  # None: the dataset's default (configs/default.py lists every dataset's options as None)
     if field not in opts:
       raise ValueError(f"config.data.{field}: unknown field for dataset {name!r} with source {source!r}; accepted "
                        f"fields are {sorted(opts)}")
