@@ -103,7 +103,10 @@ def run(argv: Sequence[str], stderr=None) -> int:
   from sparsejax import train, validation  # pylint: disable=g-import-not-at-top (--help answers without JAX)
   try:
     results = train.train_and_evaluate(config, fv.workdir)
-  except (validation.ConfigError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+  except train.Diverged as e:  # an IMP level (a single run writes results.json with its status instead)
+    print(f"error: {e}", file=stderr, flush=True)
+    return DIVERGED
+  except (validation.ConfigError, ValueError, OSError) as e:  # OSError: missing data, a checkpoint save that failed
     return fail(str(e))
   if results.get("status") == "diverged":
     return DIVERGED

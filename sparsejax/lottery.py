@@ -160,7 +160,7 @@ class Lottery:
 
   def _final_state(self, level, run):
     manager = checkpoint.create_manager(_run_dir(self.workdir, level, run), 1)
-    state = checkpoint.restore(manager, manager.latest_step(), self.target)
+    _, state = checkpoint.restore_latest(manager, self.target)
     manager.close()
     return state
 
@@ -191,9 +191,10 @@ class Lottery:
     run_dir = _run_dir(self.workdir, level, run)
     os.makedirs(run_dir, exist_ok=True)
     manager = checkpoint.create_manager(run_dir, max(self.training.keep_checkpoints, 1))
-    resumed = manager.latest_step() or 0
+    first = start
+    resumed, restored = checkpoint.restore_latest(manager, self.target)
     if resumed:
-      state = checkpoint.restore(manager, resumed, self.target)
+      state = restored
     start = max(start, resumed)
     partial = report.read_json(os.path.join(run_dir, "best.json"))
     with report.MetricsWriter(run_dir, start) as writer:
@@ -224,7 +225,7 @@ class Lottery:
     test = train_lib.evaluate(self.eval_fn, state, self.setup.dataset, split, self.training.eval_batch_size,
                               self.setup.mesh)
     result = {"level": level, "run": run, "sparsity": summary["total"]["sparsity"], "nnz": summary["total"]["nnz"],
-              "test_accuracy": test["accuracy"], "test_loss": test["loss"], **best.best, "steps": end - start,
+              "test_accuracy": test["accuracy"], "test_loss": test["loss"], **best.best, "steps": end - first,
               "wall_seconds": clock(),
               "layers": {p: {"sparsity": d["sparsity"], "nnz": d["nnz"]} for p, d in summary["layers"].items()}}
     report.write_json(os.path.join(run_dir, "result.json"), result)

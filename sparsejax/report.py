@@ -50,6 +50,17 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def finite_json(obj: Any) -> Any:
+  """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and a reader must not parse one."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  return obj
+
+
 def is_writer() -> bool:
   """Whether this process writes files and progress (process 0 of a multi-host run)."""
   return jax.process_index() == 0
@@ -62,7 +73,7 @@ def write_json(path: str, obj: Any) -> None:
   # Write then rename, so a reader (or a killed run) never sees half a file.
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
+    json.dump(finite_json(obj), f, indent=2, allow_nan=False)
     f.write("\n")
   os.replace(tmp, path)
 
@@ -146,7 +157,7 @@ class MetricsWriter:
 
   def write(self, record: dict) -> None:
     if self._file is not None:
-      self._file.write(json.dumps(record) + "\n")
+      self._file.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
       self._file.flush()
 
   def close(self) -> None:
@@ -213,7 +224,7 @@ def make_results(config, step: int, test: dict, summary: dict, wall_seconds: flo
   layers = {path: {"shape": list(layer["shape"]), "sparsity": layer["sparsity"], "nnz": layer["nnz"]}
             for path, layer in summary["layers"].items()}
   return {"algorithm": config.sparsity.algorithm, "dataset": config.data.name, "model": config.model.name,
-          "wall_seconds": wall_seconds, "final": final, "layers": layers, "levels": list(levels),
+          "status": "finished", "wall_seconds": wall_seconds, "final": final, "layers": layers, "levels": list(levels),
           "layer_collapse": collapsed_layers(layers, config.sparsity.get("min_density", 0.0))}
 
 

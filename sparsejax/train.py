@@ -10,12 +10,15 @@ Other drivers (the lottery-ticket driver, notebooks) reuse the pieces:
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -29,6 +32,20 @@ from sparsejax.steps import TRACES, TrainState, evaluate, make_eval_step, make_t
 make_optimizer = optim.make_optimizer
 make_lr_schedule = optim.make_lr_schedule
 Hook = Callable[[int, TrainState, dict], None]
+
+
+class Diverged(Exception):
+  """Training produced a non-finite loss or parameter; `step` is the first step where it was seen."""
+
+  def __init__(self, step: int, what: str):
+    super().__init__(f"training diverged at step {step}: {what}")
+    self.step = step
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
 
 class Setup(NamedTuple):
@@ -185,20 +202,35 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
                    end_step: int, clock: Callable[[], float], manager=None, extra: Optional[dict] = None) -> list[Hook]:
   """The periodic work of a run, as train_loop hooks.
 
-  Every `log_every` steps a metrics record (train loss / accuracy averaged since the last record, learning rate,
-  sparsity counted from the params, wall seconds, plus `extra` fields such as a lottery level); every `eval_every`
-  steps the eval metrics too; every `checkpoint_every` steps a checkpoint when `manager` is given. All three also fire
-  at `end_step`.
+  Every `log_every` steps, and at every checkpoint step, a metrics record (train loss / accuracy averaged since the
+  last record, learning rate, sparsity counted from the params, wall seconds, plus `extra` fields such as a lottery
+  level): a record at each checkpoint step leaves nothing half-averaged in a checkpoint, so a resumed run writes the
+  records of an uninterrupted one. Every `eval_every` steps the eval metrics too; every `checkpoint_every` steps a
+  checkpoint when `manager` is given. All of these also fire at `end_step`.
+
+  Divergence: the loss of each step is checked at the next step (which is then already running, so the check does not
+  stall the device), every loss of a record when it is written, and loss and params before a checkpoint is saved; a
+  non-finite value raises `Diverged` naming the first step where it was seen, and no non-finite state is saved.
   """
   training = setup.config.training
-  window = []
+  window, last = [], []
+
+  def check_loss(step: int, loss) -> None:
+    if not np.isfinite(float(loss)):
+      raise Diverged(step, f"the training loss is {float(loss)}")
 
   def hook(step: int, state: TrainState, metrics: dict) -> None:
     progress.step()
+    if last:
+      check_loss(*last.pop())
+    last.append((step, metrics["loss"]))
     window.append(metrics)
+    checkpoint_due = is_due(step, training.checkpoint_every, end_step)
     record = evaluate_splits(setup, eval_fn, state) if is_due(step, training.eval_every, end_step) else {}
-    if record or is_due(step, training.log_every, end_step):
+    if record or checkpoint_due or is_due(step, training.log_every, end_step):
       train = jax.device_get(window)
+      for i, m in enumerate(train):
+        check_loss(step - len(train) + 1 + i, m["loss"])
       window.clear()
       record = {"step": step, **(extra or {}),
                 **{f"train_{k}": sum(float(m[k]) for m in train) / len(train) for k in ("loss", "accuracy")},
@@ -206,8 +238,11 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
                 "sparsity": current_sparsity(state)["total"]["sparsity"], **record, "wall_seconds": clock()}
       writer.write(record)
       progress.log(record)
-    if manager is not None and is_due(step, training.checkpoint_every, end_step):
-      checkpoint.save(manager, step, state)
+    if checkpoint_due:
+      if not bool(_all_finite(state.params)):
+        raise Diverged(step, "a parameter is not finite")
+      if manager is not None:
+        checkpoint.save(manager, step, state)
 
   return [hook]
 
@@ -221,9 +256,30 @@ def final_results(setup: Setup, eval_fn: Callable, state: TrainState, wall_secon
                              wall_seconds, levels, split)
 
 
+def _diverged(setup: Setup, eval_fn: Callable, workdir: str, manager, target, error: Diverged,
+              wall_seconds: float) -> dict:
+  """results.json of a run that diverged: "status": "diverged", the step, and the last finite checkpoint evaluated."""
+  if report.is_writer():
+    print(f"error: {error}; the run stops here. Its checkpoints are all finite; results.json describes the last "
+          "one.", file=sys.stderr, flush=True)
+  step, state = checkpoint.restore_latest(manager, target) if manager.all_steps() else (0, None)
+  manager.close()
+  if state is not None:
+    results = final_results(setup, eval_fn, state, wall_seconds)
+  else:
+    results = {"algorithm": setup.config.sparsity.algorithm, "dataset": setup.config.data.name,
+               "model": setup.config.model.name, "wall_seconds": wall_seconds, "final": None, "layers": {},
+               "levels": [], "layer_collapse": []}
+  results.update(status="diverged", diverged_step=error.step, last_finite_checkpoint=step if state else None)
+  report.write_results(workdir, results)
+  return results
+
+
 def _finished(workdir: str, num_steps: int) -> Optional[dict]:
   results = report.read_results(workdir)
-  if results is not None and results.get("final", {}).get("step", -1) >= num_steps:
+  if results is not None and results.get("status") == "diverged":
+    return results  # training again would diverge again (runs are deterministic)
+  if results is not None and (results.get("final") or {}).get("step", -1) >= num_steps:
     return results
   return None
 
@@ -258,13 +314,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step, state = checkpoint.restore_latest(manager, state)
   eval_fn = make_eval_step(setup.model, setup.mesh)
   step_fn = make_train_step(setup.model, setup.tx, setup.mesh, training.label_smoothing)
+  target = checkpoint.abstract_like(state)
   with report.MetricsWriter(workdir, start_step) as writer:
     offset, started = (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0), time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731
     progress = report.Progress(training.progress, start_step, setup.num_steps)
     hooks = standard_hooks(setup, eval_fn, writer, progress, setup.num_steps, clock, manager)
-    state = train_loop(state, step_fn, setup.dataset, training.batch_size, setup.mesh, start_step, setup.num_steps,
-                       hooks)
+    try:
+      state = train_loop(state, step_fn, setup.dataset, training.batch_size, setup.mesh, start_step,
+                         setup.num_steps, hooks)
+    except Diverged as e:
+      progress.close()
+      return _diverged(setup, eval_fn, workdir, manager, target, e, clock())
     progress.close()
   manager.close()
   results = final_results(setup, eval_fn, state, clock())
