@@ -116,6 +116,15 @@ class _Best:
     self.writer.write(record)
 
 
+# Streams of the controls' keys: fold_in(fold_in(PRNGKey(seed), stream), level), so no (seed, level) pair shares a
+# key with another (`PRNGKey(seed + 1 + level)` made seed 0 level L+1 equal seed 1 level L).
+RANDOM_MASK_STREAM, RANDOM_REINIT_STREAM = 1, 2
+
+
+def control_key(seed: int, stream: int, level: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), level)
+
+
 def _run_dir(workdir, level, run):
   return os.path.join(workdir, "levels", f"{level:02d}_{run}")
 
@@ -168,19 +177,20 @@ class Lottery:
     """(state, first step, end step) of a run with `masks`; `previous` is the previous ticket level's final state."""
     rewind = self.cfg["rewind"]
     if rewind == "finetune":
+      # `previous` is a host copy: the ticket and each control fine-tune their own device copy of it.
       start, end = self.num_steps, 2 * self.num_steps - self.cfg["rewind_step"]
       state = previous
     else:
       start, end = self.k, self.num_steps
       state = self._load_snapshot()
-      if rewind == "lr":
-        state = state.replace(params=previous.params)
+      if rewind == "lr":  # trained weights with their own BatchNorm statistics; only the schedule is rewound
+        state = state.replace(params=previous.params, batch_stats=previous.batch_stats)
     if run == "random_mask":
-      masks = random_masks_like(masks, jax.random.fold_in(jax.random.PRNGKey(self.cfg["seed"] + 1), level))
+      masks = random_masks_like(masks, control_key(self.cfg["seed"], RANDOM_MASK_STREAM, level))
     if run == "random_reinit":
       other = train_lib.create_train_state(self.setup.config, self.setup.model, self.setup.dataset,
-                                           jax.random.PRNGKey(self.setup.config.seed + 1 + level), self.setup.tx,
-                                           self.setup.mesh)
+                                           control_key(self.setup.config.seed, RANDOM_REINIT_STREAM, level),
+                                           self.setup.tx, self.setup.mesh)
       state = state.replace(params=other.params)
     # on the shardings of the first state, so the compiled step is reused as it is
     return self._on_devices(with_masks(state, jax.tree.map(jnp.asarray, masks))), start, end
@@ -256,9 +266,9 @@ class Lottery:
             state, start, end = self._start(level, run, masks, parent)
           state, done = self._train(level, run, state, start, end)
           if run == TICKET:
-            final = state
+            final = jax.device_get(state)  # on the host: the next level's runs each take a device copy
         elif run == TICKET:
-          final = self._final_state(level, run)
+          final = jax.device_get(self._final_state(level, run))
         if run == TICKET:
           entry = {k: done[k] for k in ("level", "sparsity", "nnz", "test_accuracy", "test_loss",
                                         "best_test_accuracy", "best_step", "layers")}
@@ -272,7 +282,7 @@ class Lottery:
       report.write_json(os.path.join(self.workdir, "levels.json"), levels)
       if on_level is not None:
         on_level(levels)
-    results = train_lib.final_results(self.setup, self.eval_fn, final, time.time() - t0, levels)
+    results = train_lib.final_results(self.setup, self.eval_fn, self._on_devices(final), time.time() - t0, levels)
     self._merge_metrics()
     return results
 

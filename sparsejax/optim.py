@@ -23,6 +23,10 @@ def make_lr_schedule(training, num_steps: int) -> optax.Schedule:
   `warmup_steps` adds a linear warmup from 0 (Goyal et al. 2017) in front of any of them; the decay then covers the
   remaining steps while step boundaries stay where the fractions put them.
 
+  Steps past `num_steps` are only reached by fine-tuning after training (IMP with rewind 'finetune'): they train at
+  the schedule's last rate, and for the cosine schedules, whose last rate is 0, at `learning_rate *
+  lr_decay_factor` (0.1 of the peak by default), so fine-tuning trains rather than standing still.
+
   Args:
     training: `config.training` after `config_validation.validate`.
     num_steps: total training steps (`config_validation.num_train_steps`).
@@ -43,9 +47,10 @@ def make_lr_schedule(training, num_steps: int) -> optax.Schedule:
   else:
     raise ValueError(f"config.training.lr_schedule: got {kind!r}; accepted values: constant, step, cosine, "
                      "warmup_cosine")
-  if warmup == 0:
-    return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  schedule = main if warmup == 0 else optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  finetune = lr * float(training.lr_decay_factor) if kind in ("cosine", "warmup_cosine") else float(
+      schedule(num_steps - 1))
+  return optax.join_schedules([schedule, optax.constant_schedule(finetune)], [num_steps])
 
 
 def make_optimizer(training, num_steps: int) -> optax.GradientTransformation:

@@ -187,3 +187,48 @@ def test_more_levels_extend_a_finished_run(tmp_path):
   config.sparsity.prune_fraction = 0.5  # anything else that changes the run is still refused
   with pytest.raises(ValueError, match="prune_fraction"):
     lottery.run_lottery(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("control", ["random_reinit", "random_mask"])
+def test_finetune_with_a_control_runs(tmp_path, control):
+  """Fine-tuning starts the ticket and the control from the same previous level; neither may take the other's
+  (donated) buffers ("Buffer has been deleted or donated" before)."""
+  config = _tiny_lottery_config(levels=1, rewind="finetune", control=control, steps=12)
+  results = lottery.run_lottery(config, str(tmp_path))
+  assert set(results["levels"][1]["controls"]) == {control}
+  assert results["final"]["step"] == 2 * 12 - 5
+  done = json.load(open(tmp_path / "levels" / "01_ticket" / "result.json"))
+  assert done["steps"] == 12 - 5
+
+
+def test_finetuning_after_a_cosine_schedule_trains_at_a_stated_nonzero_rate():
+  from sparsejax import optim
+  from sparsejax.config_validation import validate
+  training = validate({"model": {"name": "mlp"}, "data": {"name": "mnist1d"},
+                       "training": {"num_steps": 100, "lr_schedule": "cosine", "learning_rate": 0.1}}).training
+  schedule = optim.make_lr_schedule(training, 100)
+  assert float(schedule(0)) == pytest.approx(0.1) and float(schedule(99)) < 1e-4
+  assert [float(schedule(t)) for t in (100, 150)] == pytest.approx([0.01, 0.01])  # learning_rate * lr_decay_factor
+  step = validate({"model": {"name": "mlp"}, "data": {"name": "mnist1d"},
+                   "training": {"num_steps": 100, "lr_schedule": "step", "learning_rate": 0.1}}).training
+  assert float(optim.make_lr_schedule(step, 100)(120)) == pytest.approx(0.001)  # a step schedule's last rate
+
+
+def test_control_keys_do_not_repeat_across_seeds_and_levels():
+  keys = {(seed, level): np.asarray(jax.random.key_data(lottery.control_key(seed, lottery.RANDOM_REINIT_STREAM, level)))
+          .tobytes() for seed in range(3) for level in range(5)}
+  assert len(set(keys.values())) == len(keys)
+  other = np.asarray(jax.random.key_data(lottery.control_key(0, lottery.RANDOM_MASK_STREAM, 1))).tobytes()
+  assert other not in keys.values()
+
+
+def test_lr_rewinding_keeps_the_trained_batchnorm_statistics(tmp_path, monkeypatch):
+  config = _tiny_lottery_config(levels=1, rewind="lr", control="none", steps=12)
+  setup = train_lib.build(config)
+  lot = lottery.Lottery(setup, str(tmp_path))
+  lot.snapshot = lot.initial
+  trained = lot.initial.replace(batch_stats={"marker": np.float32(7.0)})  # the MLP has none: a marker stands in
+  monkeypatch.setattr(lottery, "with_masks", lambda state, masks: state)
+  monkeypatch.setattr(lot, "_on_devices", lambda state: state)
+  state, first, _ = lot._start(1, "ticket", None, trained)
+  assert first == 5 and float(state.batch_stats["marker"]) == 7.0
