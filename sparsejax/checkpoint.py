@@ -74,6 +74,12 @@ def _digest_path(manager: ocp.CheckpointManager, step: int) -> str:
   return os.path.join(f"{os.fspath(manager.directory)}.sha256", f"{step}.json")
 
 
+def _fault_point_in_save() -> None:
+  # The engine's fault tests kill a run here: the digest written, the checkpoint not (see train._fault_point).
+  from sparsejax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+  train._fault_point("SPARSEJAX_FAULT_KILL_IN_SAVE")  # pylint: disable=protected-access
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves `state` as checkpoint `step` (overwriting nothing: an existing step is left as it is).
 
@@ -89,6 +95,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     with open(f"{path}.tmp", "w") as f:
       json.dump({"step": step, "sha256": digest(state)}, f)
     os.replace(f"{path}.tmp", path)
+    _fault_point_in_save()
     manager.save(step, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
   except (OSError, ValueError) as e:

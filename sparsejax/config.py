@@ -131,8 +131,9 @@ def _check_regrowth(cfg, given):
   """Fields of the prune-and-regrow algorithms (set, rigl, granet).
 
   SET and RigL keep their per-layer counts for the whole run: `distribution` is that split (their random start has
-  it too). `init_distribution` is the split of GraNet's sparse start; given for set / rigl it must equal
-  `distribution` (older configs set both), and the resolved config holds the split that is used in both fields.
+  it too). `init_distribution` is the split of GraNet's sparse start; set away from its default for set / rigl it
+  must equal `distribution` when that is set too (older configs set only init_distribution, which is then used), and
+  the resolved config holds the split that is used in both fields.
   """
   algorithm = cfg["algorithm"]
   if cfg["regrow_end_step"] is not None:
@@ -146,11 +147,13 @@ def _check_regrowth(cfg, given):
     if cfg["distribution"] == "global":
       raise ValueError(f"config.sparsity.distribution: 'global' does not apply to {algorithm!r}, whose per-layer "
                        f"counts are fixed for the whole run; accepted values: {CHOICES['init_distribution']}")
-    if "init_distribution" in given and cfg["init_distribution"] != cfg["distribution"]:
-      if "distribution" in given:
-        raise ValueError(f"config.sparsity.init_distribution={cfg['init_distribution']!r} differs from "
-                         f"distribution={cfg['distribution']!r}: {algorithm!r} keeps one per-layer split for the "
-                         "whole run, set by `distribution`; drop init_distribution (it is GraNet's sparse start)")
+    d_set = "distribution" in given and cfg["distribution"] != DEFAULTS["distribution"]
+    i_set = "init_distribution" in given and cfg["init_distribution"] != DEFAULTS["init_distribution"]
+    if d_set and i_set and cfg["init_distribution"] != cfg["distribution"]:
+      raise ValueError(f"config.sparsity.init_distribution: got {cfg['init_distribution']!r}, which differs from "
+                       f"distribution={cfg['distribution']!r}: {algorithm!r} keeps one per-layer split for the whole "
+                       "run, set by `distribution`; drop init_distribution (it is GraNet's sparse start)")
+    if i_set and not d_set:
       cfg["distribution"] = cfg["init_distribution"]  # an older config that set only init_distribution
     cfg["init_distribution"] = cfg["distribution"]
   if algorithm == "granet":

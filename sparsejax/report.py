@@ -237,11 +237,19 @@ def collapsed_layers(layers: dict, min_density: float = 0.0) -> list[str]:
 
 def format_results(results: dict) -> str:
   """A short text table of results.json: the final numbers and the per-layer sparsity."""
+  def num(v):
+    return "n/a" if v is None else f"{v:.4f}"
+
   final = results["final"]
-  lines = [f"{results['algorithm']} {results['model']} on {results['dataset']}: step {final['step']}, "
-           f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}, "
-           f"sparsity {final['sparsity']:.4f} ({final['nnz']}/{final['prunable_params']} weights kept), "
-           f"{results['wall_seconds']:.1f} s"]
+  name = f"{results['algorithm']} {results['model']} on {results['dataset']}"
+  if results.get("status") == "diverged":
+    name += (f": DIVERGED at step {results['diverged_step']}; last finite checkpoint "
+             f"{results.get('last_finite_checkpoint')}")
+  if final is None:
+    return name
+  lines = [f"{name}: step {final['step']}, test accuracy {num(final['test_accuracy'])}, test loss "
+           f"{num(final['test_loss'])}, sparsity {num(final['sparsity'])} ({final['nnz']}/{final['prunable_params']} "
+           f"weights kept), {results['wall_seconds']:.1f} s"]
   width = max([len(p) for p in results["layers"]] + [5])
   lines.append(f"{'layer':<{width}}  {'shape':>16}  {'nnz':>10}  {'sparsity':>8}")
   for path, layer in results["layers"].items():

@@ -75,9 +75,12 @@ def test_set_and_rigl_honour_distribution(algorithm, distribution):
 
 
 def test_set_rigl_refuse_a_different_init_distribution():
-  with pytest.raises(ValueError, match="init_distribution='erk' differs from distribution='uniform'"):
-    sj.create_pruner({"algorithm": "rigl", "target": 0.8, "end_step": 100, "distribution": "uniform",
-                      "init_distribution": "erk"})
+  with pytest.raises(ValueError, match="init_distribution: got 'uniform', which differs from distribution='er'"):
+    sj.create_pruner({"algorithm": "rigl", "target": 0.8, "end_step": 100, "distribution": "er",
+                      "init_distribution": "uniform"})
+  # an older config that set only init_distribution gets that split
+  assert sj.create_pruner({"algorithm": "rigl", "target": 0.8, "end_step": 100,
+                           "init_distribution": "er"}).config["distribution"] == "er"
 
 
 def test_keep_count_is_exact_at_any_size():
