@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: run test test-fast bench clean
+.PHONY: run test test-slow test-all bench clean
 
 $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
@@ -19,11 +19,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VPY) -m experiments.quickstart --workdir=runs/quickstart
 
+# The suite without the end-to-end runs marked slow (about 10 minutes on 2 cores); CI runs both.
 test: $(VENV)/.installed-test
-	$(VPY) -m pytest $(PYTEST_ARGS) tests
-
-test-fast: $(VENV)/.installed-test
 	$(VPY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
+
+# End-to-end runs: SIGKILL and resume, damaged checkpoints, divergence, ResNet-20 on 8 devices and on mock CIFAR.
+test-slow: $(VENV)/.installed-test
+	$(VPY) -m pytest $(PYTEST_ARGS) -m slow tests
+
+test-all: $(VENV)/.installed-test
+	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.installed
 	$(VPY) -m experiments.bench_core

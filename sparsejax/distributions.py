@@ -97,7 +97,7 @@ def keep_count(sparsity, size: int) -> jax.Array:
 
   A Python or NumPy number is counted on the host in float64, exactly for any size a mask can have
   (`keep_count(0.9, 10**8)` is 10**7). A traced sparsity (a schedule's value between its ends, float32) is counted in
-  float32, within size * 2**-23 of the exact count; `pruners.base.select_masks` counts the target itself exactly.
+  float32, within size * 2**-23 + 1 of the exact count; `pruners.base.select_masks` counts the target itself exactly.
   """
   if isinstance(sparsity, numbers.Real):
     return jnp.asarray(round((1.0 - float(sparsity)) * size), jnp.int32)

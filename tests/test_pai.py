@@ -212,6 +212,7 @@ def test_prune_at_init_errors_name_the_problem():
     sj.prune_at_init(sj.create_pruner({"algorithm": "synflow", "target": 0.5}), fn, params, None)
 
 
+@pytest.mark.slow  # compiling ResNet-20 on CPU
 def test_engine_scores_batchnorm_models_with_batch_statistics():
   """SNIP on ResNet-20 through the engine must score in train mode (batch statistics), as the reference SNIP and GraSP
   code does: with the initial running statistics (eval mode) BatchNorm is the identity and the logits saturate."""

@@ -72,7 +72,7 @@ def _float_leaves(state):
   return jax.tree.leaves((state.params, state.batch_stats))
 
 
-@pytest.mark.parametrize("model_name", ["mlp", "resnet20"])
+@pytest.mark.parametrize("model_name", ["mlp", pytest.param("resnet20", marks=pytest.mark.slow)])
 def test_data_parallel_step_matches_single_device(model_name):
   one, one_metrics = _run(1, model_name)
   eight, eight_metrics = _run(8, model_name)
@@ -87,6 +87,7 @@ def test_data_parallel_step_matches_single_device(model_name):
   assert sj.summary(masks_eight, eight.params)["total"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_per_shard_batchnorm_statistics_fail_the_comparison():
   """Negative control: BatchNorm statistics of each device's 2 rows instead of the global batch (what a data-parallel
   step without GSPMD's global reductions would compute) must differ from the 1-device step by more than the

@@ -56,7 +56,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   Args:
     name: a key of `MODELS`.
     num_classes: number of logits.
-    **kwargs: model options (see `model_kwargs(name)`), e.g. kernel_init='torch', small_input=True.
+    **kwargs: model options (see `model_kwargs(name)`), e.g. kernel_init='torch', small_input=True; None means
+      the model's default.
 
   Returns:
     An unbound Flax linen module.
@@ -64,6 +65,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   Raises:
     ValueError: for an unknown name, an option the model does not take, or an option value out of range.
   """
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: the model's default (configs/default.py)
   accepted = model_kwargs(name)
   unknown = sorted(set(kwargs) - set(accepted))
   if unknown:
