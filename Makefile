@@ -9,11 +9,11 @@ PYTEST_ARGS ?= -n 2 -q
 $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e .
+	$(VPY) -m pip install -q -e '.[engine]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -e '.[engine,test]'
 	touch $@
 
 run: $(VENV)/.installed

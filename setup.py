@@ -1,10 +1,16 @@
 """sparsejax: sparse neural network training in JAX (pruning, lottery tickets, dynamic sparse training)."""
 import setuptools
 
+# The library: masks, selection, pruners and `sparsify` need only these.
 INSTALL_REQUIRES = [
     "jax>=0.4.30,<0.11",
     "flax>=0.10,<0.13",
     "optax>=0.2.3,<0.3",
+    "numpy>=1.26",
+]
+# The engine (launcher, data sets, checkpoints, reports, reproductions): `pip install sparsejax[engine]`; `make run` and
+# `make test` install it.
+ENGINE_REQUIRES = [
     "orbax-checkpoint>=0.11,<0.13",
     "ml-collections>=0.1.1,<1.2",
     "tensorflow-datasets>=4.9.6,<4.10",
@@ -14,7 +20,6 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3",
     "matplotlib>=3.7",
     "absl-py>=2",
-    "numpy>=1.26",
     "tqdm>=4.60",
 ]
 
@@ -22,10 +27,13 @@ setuptools.setup(
     name="sparsejax",
     version="0.1.0",
     description="Sparse neural network training in JAX: GMP, lottery tickets, DST and pruning at init.",
-    packages=setuptools.find_packages(include=["sparsejax", "sparsejax.*", "experiments", "experiments.*"]),
+    # experiments/ and configs/ run from the repository (`python -m experiments.train`); a top-level package named
+    # `experiments` in users' site-packages would shadow their own.
+    packages=setuptools.find_packages(include=["sparsejax", "sparsejax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        "engine": ENGINE_REQUIRES,
         "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6"],
         "tf": ["tensorflow-cpu>=2.16"],
     },

@@ -1,0 +1,18 @@
+"""sparsejax: sparse neural network training in JAX.
+
+>>> import optax, sparsejax as sj
+>>> pruner = sj.create_pruner({"algorithm": "gmp", "target": 0.9, "end_step": 1000, "update_every": 100})
+>>> tx = sj.sparsify(optax.adam(1e-3), pruner)
+"""
+from sparsejax import distributions, granularity, masks, schedules, select
+from sparsejax.masks import apply_masks, create_masks, summary
+from sparsejax.pruners import REGISTRY, Pruner, PrunerState, create_pruner
+from sparsejax.pruners.pai import layer_collapse, prune_at_init
+from sparsejax.transform import SparseState, get_masks, get_step, set_masks, sparse_init, sparsify
+
+__all__ = [
+    "apply_masks", "create_masks", "create_pruner", "distributions", "get_masks", "get_step", "granularity",
+    "layer_collapse", "masks", "prune_at_init", "Pruner", "PrunerState", "REGISTRY", "schedules", "select", "set_masks",
+    "sparse_init", "SparseState", "sparsify", "summary",
+]
+__version__ = "0.1.0"

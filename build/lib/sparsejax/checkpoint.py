@@ -1,0 +1,174 @@
+"""Orbax save and restore of the whole run state under `workdir/checkpoints`.
+
+The state is the full `TrainState`: step, params, batch_stats, the optimizer state with the masks and pruner arrays
+inside it, and the PRNG key. Nothing else is needed to resume: the data position is the step, because the data order is
+a pure function of (seed, step). Mask trees hold None for non-prunable params; None is an empty subtree in JAX, so it is
+part of the tree structure that the restore target supplies and round-trips unchanged.
+
+Saving is synchronous: the train step donates the state, so its buffers are reused by the next step and must not be
+read by a background writer. Orbax writes each step to a temporary directory and renames it when complete, so a run
+killed mid-save leaves no half checkpoint behind (the temporary directory is removed when the manager next opens).
+
+Checkpoints are verified: before a step is saved, a SHA-256 of every array of the state (with its shape and dtype) is
+written beside the checkpoints (`checkpoints.sha256/<step>.json`), and a restore recomputes it. A newest checkpoint
+that is corrupt, truncated or fails to restore is reported on stderr and the previous one is used. A save that fails
+(read-only directory, full disk) raises `SaveError` and leaves the previous checkpoints as they were.
+
+>>> import tempfile, jax.numpy as jnp
+>>> manager = create_manager(tempfile.mkdtemp(), keep=2)
+>>> save(manager, 3, {"w": jnp.ones(2), "mask": None})
+>>> restore_latest(manager, {"w": jnp.zeros(2), "mask": None})
+(3, {'mask': None, 'w': Array([1., 1.], dtype=float32)})
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """A CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps (creates the directory)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest complete checkpoint step in `workdir`, or None; creates nothing."""
+  path = checkpoint_dir(workdir)
+  if not os.path.isdir(path):
+    return None
+  # Orbax names a finished step directory by the bare number; in-progress ones carry a temporary suffix.
+  steps = [int(name) for name in os.listdir(path) if name.isdigit()]
+  return max(steps, default=None)
+
+
+class SaveError(OSError):
+  """A checkpoint could not be written; the earlier checkpoints are intact."""
+
+
+def digest(state: Any) -> str:
+  """SHA-256 over every array of `state`: its path, shape, dtype and bytes."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.shape}|{a.dtype}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _digest_path(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(f"{os.fspath(manager.directory)}.sha256", f"{step}.json")
+
+
+def _fault_point_in_save() -> None:
+  # The engine's fault tests kill a run here: the digest written, the checkpoint not (see train._fault_point).
+  from sparsejax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+  train._fault_point("SPARSEJAX_FAULT_KILL_IN_SAVE")  # pylint: disable=protected-access
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Saves `state` as checkpoint `step` (overwriting nothing: an existing step is left as it is).
+
+  Raises:
+    SaveError: the directory cannot be written; earlier checkpoints are left as they were.
+  """
+  if step in manager.all_steps():
+    return
+  path = _digest_path(manager, step)
+  try:
+    # The digest goes first, so that no finished checkpoint exists without one.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.tmp", "w") as f:
+      json.dump({"step": step, "sha256": digest(state)}, f)
+    os.replace(f"{path}.tmp", path)
+    _fault_point_in_save()
+    manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+  except (OSError, ValueError) as e:
+    raise SaveError(f"could not save checkpoint {step} in {manager.directory}: {e}; the earlier checkpoints and run "
+                    "files are as they were") from None
+
+
+def abstract_like(target: Any) -> Any:
+  """ShapeDtypeStructs with the shardings of `target` (arrays or ShapeDtypeStructs)."""
+
+  def spec(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+  return jax.tree.map(spec, target)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """Checkpoint `step` restored into the structure, dtypes and shardings of `target`.
+
+  Args:
+    manager: from `create_manager`.
+    step: a saved step (`manager.all_steps()`).
+    target: a state of the right structure (e.g. a freshly created TrainState); only its shapes, dtypes and
+      shardings are used, so its values may be anything.
+
+  Raises:
+    ValueError: the checkpoint does not match the structure of `target` (a different model or sparsity config).
+  """
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"checkpoint {step} in {manager.directory} does not match the state of this config (was the "
+                     f"workdir written by a different model or sparsity config?): {e}") from e
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """`restore`, then the state's digest checked against the one saved with it.
+
+  Raises:
+    ValueError: the checkpoint does not restore or its digest differs (corrupt or truncated).
+  """
+  try:
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+  except Exception as e:  # pylint: disable=broad-except (orbax / tensorstore raise many kinds on damaged files)
+    raise ValueError(f"checkpoint {step} in {manager.directory} could not be read: {str(e).splitlines()[0]}") from e
+  path = _digest_path(manager, step)
+  if os.path.exists(path):
+    with open(path) as f:
+      want = json.load(f)["sha256"]
+    if digest(state) != want:
+      raise ValueError(f"checkpoint {step} in {manager.directory} is corrupt: its SHA-256 differs from the one saved "
+                       "with it")
+  return state
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, Any]:
+  """(step, state) of the newest checkpoint that restores and verifies, or (0, target) when there is none.
+
+  A newer checkpoint that fails is reported on stderr and skipped, so a run resumes from the one before it.
+
+  Raises:
+    ValueError: every checkpoint there fails (the messages say why); nothing is trained over them.
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = restore_verified(manager, step, target)
+    except ValueError as e:
+      failures.append(str(e))
+      print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
+      continue
+    return step, state
+  if failures:
+    raise ValueError(f"no checkpoint in {manager.directory} can be restored ({'; '.join(failures)}); move the "
+                     "workdir aside to start again")
+  return 0, target

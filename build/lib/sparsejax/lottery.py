@@ -1,0 +1,371 @@
+"""Lottery tickets: iterative magnitude pruning (IMP) with rewinding, and the controls that show a ticket is a ticket.
+
+Frankle & Carbin 2019, "The Lottery Ticket Hypothesis": level 0 trains the dense network; each next level removes
+`prune_fraction` of the weights that remain (per layer, or globally), rewinds the survivors and trains again, so the
+density after L levels is (1 - p)^L. Rewinding (`config.sparsity.rewind`):
+  init      reset survivors to their values at step 0 (LTH).
+  step      reset params, batch stats, optimizer state and data order to step `rewind_step` (late rewinding; Frankle
+            et al. 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"). The snapshot is taken once in
+            level 0 and checkpointed.
+  lr        keep the trained weights and replay the rest of training from step `rewind_step` (learning-rate
+            rewinding; Renda et al. 2020, "Comparing Rewinding and Fine-tuning in Neural Network Pruning").
+  finetune  keep the trained weights and optimizer state and train `num_steps - rewind_step` more steps at the end of
+            the learning-rate schedule (fine-tuning; Renda et al. 2020).
+Controls (`config.sparsity.control`), trained at every level >= 1 from the ticket's masks: `random_reinit` keeps the
+masks and draws fresh weights from another seed; `random_mask` keeps the weights and puts the same number of kept
+weights per layer at random positions. `both` trains the two.
+
+All levels and controls share one compiled train step: masks change, shapes do not. Every run of a level lives in
+`workdir/levels/<level>_<run>/` (checkpoints, metrics.jsonl, result.json), so a killed experiment resumes inside the
+level it was in and never redoes a finished one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sparsejax as sj
+from sparsejax import checkpoint, report, select, validation
+from sparsejax import train as train_lib
+
+TICKET = "ticket"
+CONTROLS = {"none": (), "random_reinit": ("random_reinit",), "random_mask": ("random_mask",),
+            "both": ("random_mask", "random_reinit")}
+
+
+def layer_fractions(paths, cfg: dict) -> list[float]:
+  """Prune fraction of each layer: `prune_fraction`, or the first matching regex of `prune_fraction_overrides`."""
+  overrides = cfg.get("prune_fraction_overrides") or {}
+  out = []
+  for path in paths:
+    hit = next((v for rx, v in overrides.items() if re.search(rx, path)), cfg["prune_fraction"])
+    out.append(float(hit))
+  return out
+
+
+def next_masks(params, masks, cfg: dict):
+  """The masks of the next IMP level: remove a fraction of the weights that remain, by magnitude.
+
+  Per layer (distribution 'uniform'): layer l keeps round((1 - p_l) * nnz_l) of its kept weights. Globally
+  ('global'): round((1 - p) * nnz) over all layers, each layer keeping at least its min_density floor.
+  """
+  paths = sj.masks.mask_paths(masks)
+  flat = dict(sj.masks.flatten_with_paths(params))
+  scores = [jnp.abs(flat[p]) for p in paths]
+  old = sj.masks.mask_leaves(masks)
+  nnz = [jnp.sum(m, dtype=jnp.int32) for m in old]
+  if cfg["distribution"] == "global":
+    keep = jnp.round((1.0 - cfg["prune_fraction"]) * sum(nnz)).astype(jnp.int32)
+    floors = [min(int(np.ceil(cfg["min_density"] * m.size)), m.size) for m in old]
+    floor_masks = select.topk_masks(scores, floors, old)
+    rest = select.global_topk_masks(scores, keep - sum(jnp.sum(f, dtype=jnp.int32) for f in floor_masks),
+                                    [o & ~f for o, f in zip(old, floor_masks)])
+    new = [a | b for a, b in zip(floor_masks, rest)]
+  else:
+    ks = [jnp.round((1.0 - p) * n).astype(jnp.int32) for p, n in zip(layer_fractions(paths, cfg), nnz)]
+    new = select.topk_masks(scores, ks, old)
+  by_path = dict(zip(paths, new))
+  return sj.masks.map_prunable(lambda p, _: by_path[p], params, paths)
+
+
+@jax.jit
+def random_masks_like(masks, rng):
+  """Masks with the same number of kept entries per layer as `masks`, at uniformly random positions (jitted: the
+  selection's counting loops dispatched op by op took seconds per level)."""
+  paths = sj.masks.mask_paths(masks)
+  leaves = sj.masks.mask_leaves(masks)
+  keys = jax.random.split(rng, len(leaves))
+  new = select.topk_masks([jax.random.uniform(k, m.shape) for k, m in zip(keys, leaves)],
+                          [jnp.sum(m, dtype=jnp.int32) for m in leaves])
+  by_path = dict(zip(paths, new))
+  return jax.tree_util.tree_map_with_path(
+      lambda kp, m: None if m is None else by_path[sj.masks.path_str(kp)], masks, is_leaf=sj.masks.is_none)
+
+
+def with_masks(state, masks, params=None):
+  """`state` with new masks in its optimizer state and params (default: its own) pruned to them."""
+  params = state.params if params is None else params
+  return state.replace(params=sj.apply_masks(params, masks), opt_state=sj.set_masks(state.opt_state, masks))
+
+
+def check_config(setup: train_lib.Setup) -> dict:
+  """The IMP fields, checked by `validation` before anything is built (`validation.check_imp`)."""
+  cfg = dict(setup.config.sparsity)
+  validation.check_imp(cfg)
+  return cfg
+
+
+class _Best:
+  """A MetricsWriter in front of another that remembers the best test accuracy and its step."""
+
+  def __init__(self, writer, extra_best=None):
+    self.writer = writer
+    self.best = extra_best or {"best_test_accuracy": -1.0, "best_step": 0}
+
+  def write(self, record):
+    acc = record.get("test_accuracy")
+    if acc is not None and acc > self.best["best_test_accuracy"]:
+      self.best = {"best_test_accuracy": acc, "best_step": record["step"]}
+    self.writer.write(record)
+
+
+# Streams of the controls' keys: fold_in(fold_in(PRNGKey(seed), stream), level), so no (seed, level) pair shares a
+# key with another (`PRNGKey(seed + 1 + level)` made seed 0 level L+1 equal seed 1 level L).
+RANDOM_MASK_STREAM, RANDOM_REINIT_STREAM = 1, 2
+
+
+def control_key(seed: int, stream: int, level: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), level)
+
+
+def _run_dir(workdir, level, run):
+  return os.path.join(workdir, "levels", f"{level:02d}_{run}")
+
+
+class Lottery:
+  """Runs the levels of one IMP experiment in `workdir` (used by `train_and_evaluate` for algorithm 'imp')."""
+
+  def __init__(self, setup: train_lib.Setup, workdir: str):
+    self.setup, self.workdir = setup, workdir
+    self.cfg = check_config(setup)
+    self.training = setup.config.training
+    self.num_steps = setup.num_steps
+    self.k = 0 if self.cfg["rewind"] == "init" else self.cfg["rewind_step"]
+    self.eval_fn = train_lib.make_eval_step(setup.model, setup.mesh)
+    self.step_fn = train_lib.make_train_step(setup.model, setup.tx, setup.mesh, self.training.label_smoothing)
+    fresh = train_lib.create_train_state(setup.config, setup.model, setup.dataset,
+                                         jax.random.PRNGKey(setup.config.seed), setup.tx, setup.mesh)
+    # Training donates the state's buffers: keep a host copy of the initial state and an abstract restore target.
+    self.initial = jax.device_get(fresh)
+    self.target = checkpoint.abstract_like(fresh)
+    self.snapshot = self.initial if self.k == 0 else None
+
+  # -- the state each run starts from -------------------------------------------------------------------------
+  def _rewind_manager(self):
+    return checkpoint.create_manager(os.path.join(self.workdir, "levels", "rewind"), 1)
+
+  def _save_snapshot(self, state):
+    manager = self._rewind_manager()
+    checkpoint.save(manager, self.k, state)
+    manager.close()
+    self.snapshot = jax.device_get(state)
+
+  def _on_devices(self, host_state):
+    return jax.device_put(host_state, jax.tree.map(lambda x: x.sharding, self.target))
+
+  def _load_snapshot(self):
+    if self.snapshot is None:
+      manager = self._rewind_manager()
+      self.snapshot = jax.device_get(checkpoint.restore(manager, self.k, self.target))
+      manager.close()
+    return self._on_devices(self.snapshot)
+
+  def _final_state(self, level, run):
+    manager = checkpoint.create_manager(_run_dir(self.workdir, level, run), 1)
+    _, state = checkpoint.restore_latest(manager, self.target)
+    manager.close()
+    return state
+
+  def _start(self, level, run, masks, previous):
+    """(state, first step, end step) of a run with `masks`; `previous` is the previous ticket level's final state."""
+    rewind = self.cfg["rewind"]
+    if rewind == "finetune":
+      # `previous` is a host copy: the ticket and each control fine-tune their own device copy of it.
+      start, end = self.num_steps, 2 * self.num_steps - self.cfg["rewind_step"]
+      state = previous
+    else:
+      start, end = self.k, self.num_steps
+      state = self._load_snapshot()
+      if rewind == "lr":  # trained weights with their own BatchNorm statistics; only the schedule is rewound
+        state = state.replace(params=previous.params, batch_stats=previous.batch_stats)
+    if run == "random_mask":
+      masks = random_masks_like(masks, control_key(self.cfg["seed"], RANDOM_MASK_STREAM, level))
+    if run == "random_reinit":
+      other = train_lib.create_train_state(self.setup.config, self.setup.model, self.setup.dataset,
+                                           control_key(self.setup.config.seed, RANDOM_REINIT_STREAM, level),
+                                           self.setup.tx, self.setup.mesh)
+      state = state.replace(params=other.params)
+    # on the shardings of the first state, so the compiled step is reused as it is
+    return self._on_devices(with_masks(state, jax.tree.map(jnp.asarray, masks))), start, end
+
+  # -- one run ------------------------------------------------------------------------------------------------
+  def _train(self, level, run, state, start, end):
+    """Trains one run (resuming its own checkpoints); returns (final state, result dict)."""
+    run_dir = _run_dir(self.workdir, level, run)
+    os.makedirs(run_dir, exist_ok=True)
+    manager = checkpoint.create_manager(run_dir, max(self.training.keep_checkpoints, 1))
+    first = start
+    resumed, restored = checkpoint.restore_latest(manager, self.target)
+    if resumed:
+      state = restored
+    start = max(start, resumed)
+    partial = report.read_json(os.path.join(run_dir, "best.json"))
+    with report.MetricsWriter(run_dir, start) as writer:
+      best = _Best(writer, partial if resumed else None)
+      t0, offset = time.time(), (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0)
+      clock = lambda: offset + time.time() - t0  # noqa: E731
+      progress = report.Progress(self.training.progress, start, end, desc=f"level {level} {run}")
+      hooks = train_lib.standard_hooks(self.setup, self.eval_fn, best, progress, end, clock, None,
+                                       extra={"level": level, "run": run})
+
+      def save(step, state, metrics):
+        del metrics
+        if train_lib.is_due(step, self.training.checkpoint_every, end):
+          report.write_json(os.path.join(run_dir, "best.json"), best.best)
+          checkpoint.save(manager, step, state)
+
+      def snapshot(step, state, metrics):
+        del metrics
+        if level == 0 and run == TICKET and step == self.k and self.k > 0:
+          self._save_snapshot(state)
+
+      state = train_lib.train_loop(state, self.step_fn, self.setup.dataset, self.training.batch_size,
+                                   self.setup.mesh, start, end, [snapshot, *hooks, save])
+      progress.close()
+    manager.close()
+    summary = train_lib.current_sparsity(state)
+    split = "test" if "test" in self.setup.dataset.splits else train_lib.eval_splits(self.setup.dataset)[-1]
+    test = train_lib.evaluate(self.eval_fn, state, self.setup.dataset, split, self.training.eval_batch_size,
+                              self.setup.mesh)
+    result = {"level": level, "run": run, "sparsity": summary["total"]["sparsity"], "nnz": summary["total"]["nnz"],
+              "test_accuracy": test["accuracy"], "test_loss": test["loss"], **best.best, "steps": end - first,
+              "wall_seconds": clock(),
+              "layers": {p: {"sparsity": d["sparsity"], "nnz": d["nnz"]} for p, d in summary["layers"].items()}}
+    report.write_json(os.path.join(run_dir, "result.json"), result)
+    return state, result
+
+  def run(self, on_level=None) -> dict:
+    """All levels (and controls); returns results.json with one `levels` entry per level.
+
+    Args:
+      on_level: optional callback, called with the list of finished level entries after each level.
+    """
+    levels, parent, final = [], None, None
+    next_masks_fn = jax.jit(next_masks, static_argnums=2)
+    t0 = time.time()
+    for level in range(self.cfg["levels"] + 1):
+      if level == 0:
+        masks = sj.get_masks(self.initial.opt_state)
+      else:  # the previous ticket level's trained weights decide this level's masks
+        masks = next_masks_fn(parent.params, sj.get_masks(parent.opt_state), _Frozen(self.cfg))
+      masks = jax.device_get(masks)  # on the host: every run gets its own device copy (steps donate their state)
+      entry = None
+      for run in (TICKET,) + (CONTROLS[self.cfg["control"]] if level else ()):
+        done = report.read_json(os.path.join(_run_dir(self.workdir, level, run), "result.json"))
+        if done is None:
+          if level == 0:
+            state, start, end = self._on_devices(self.initial), 0, self.num_steps
+          else:
+            state, start, end = self._start(level, run, masks, parent)
+          state, done = self._train(level, run, state, start, end)
+          if run == TICKET:
+            final = jax.device_get(state)  # on the host: the next level's runs each take a device copy
+        elif run == TICKET:
+          final = jax.device_get(self._final_state(level, run))
+        if run == TICKET:
+          entry = {k: done[k] for k in ("level", "sparsity", "nnz", "test_accuracy", "test_loss",
+                                        "best_test_accuracy", "best_step", "layers")}
+          entry["controls"] = {}
+        else:
+          entry["controls"][run] = {k: done[k] for k in ("sparsity", "test_accuracy", "best_test_accuracy",
+                                                         "best_step")}
+        print(_level_line(done), flush=True)
+      parent = final
+      levels.append(entry)
+      report.write_json(os.path.join(self.workdir, "levels.json"), levels)
+      if on_level is not None:
+        on_level(levels)
+    results = train_lib.final_results(self.setup, self.eval_fn, self._on_devices(final), time.time() - t0, levels)
+    self._merge_metrics()
+    return results
+
+  def _merge_metrics(self):
+    records = []
+    root = os.path.join(self.workdir, "levels")
+    for name in sorted(os.listdir(root)):
+      if name != "rewind":
+        records += report.read_metrics(os.path.join(root, name))
+    with open(os.path.join(self.workdir, report.METRICS_FILE), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+class _Frozen(dict):
+  """A hashable dict, so the config can be a static argument of jit."""
+
+  def __hash__(self):
+    return hash(json.dumps(self, sort_keys=True, default=str))
+
+
+def _level_line(result: dict) -> str:
+  return (f"level {result['level']:2d} {result['run']:13s} sparsity {result['sparsity']:.4f}  "
+          f"test accuracy {result['test_accuracy']:.4f}  best {result['best_test_accuracy']:.4f} "
+          f"at step {result['best_step']}")
+
+
+def plot_levels(workdir: str, levels: list[dict], reference: Optional[dict] = None) -> str:
+  """lottery.png: test accuracy (final and best) against the fraction of weights remaining, log axis, tickets and
+  controls on one figure; `reference` {label: [(fraction remaining, accuracy), ...]} adds published points."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  remaining = [1.0 - lv["sparsity"] for lv in levels]
+  ax.plot(remaining, [lv["best_test_accuracy"] for lv in levels], "o-", color="C0", label="ticket (best)")
+  ax.plot(remaining, [lv["test_accuracy"] for lv in levels], "o--", color="C0", alpha=0.5, label="ticket (final)")
+  kinds = sorted({k for lv in levels for k in lv.get("controls", {})})
+  for i, kind in enumerate(kinds):
+    rows = [lv for lv in levels if kind in lv.get("controls", {})]
+    ax.plot([1.0 - lv["controls"][kind]["sparsity"] for lv in rows],
+            [lv["controls"][kind]["best_test_accuracy"] for lv in rows], "s-", color=f"C{i + 1}",
+            label=f"{kind} (best)")
+  for i, (label, points) in enumerate((reference or {}).items()):
+    ax.plot([p[0] for p in points], [p[1] for p in points], "x", color=f"C{i + 4}", markersize=9, label=label)
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("fraction of weights remaining")
+  ax.set_ylabel("test accuracy")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(workdir, "lottery.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None, on_level=None,
+                reference: Optional[dict] = None) -> dict:
+  """IMP levels of `config` in `workdir` (resuming); writes results.json, metrics.jsonl, lottery.png.
+
+  Every config error is raised before anything is compiled or written. `on_level` is passed to `Lottery.run`;
+  `reference` (published points) to `plot_levels`.
+  """
+  config = validation.validate(config, workdir)
+  resuming = report.check_workdir(workdir, config)
+  finished = report.read_json(os.path.join(workdir, "levels.json")) if resuming else None
+  if finished and len(finished) > config.sparsity.levels + 1:
+    raise validation.ConfigError(
+        f"config.sparsity.levels: got {config.sparsity.levels}; accepted values: an int >= {len(finished) - 1} in "
+        f"this workdir, which holds {len(finished) - 1} finished levels (use a new workdir for fewer: results.json, "
+        "levels.json and the plot are not rewritten with fewer levels)")
+  setup = setup or train_lib.build(config, workdir)
+  lottery_cfg = check_config(setup)
+  del lottery_cfg
+  results = report.read_results(workdir) if resuming else None
+  if results is not None and len(results.get("levels", [])) == setup.config.sparsity.levels + 1:
+    print(report.format_results(results), flush=True)
+    return results
+  report.write_config(workdir, setup.config)
+  results = Lottery(setup, workdir).run(on_level)
+  report.write_results(workdir, results)
+  plot_levels(workdir, results["levels"], reference)
+  print(report.format_results(results), flush=True)
+  return results

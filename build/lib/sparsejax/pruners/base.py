@@ -1,0 +1,141 @@
+"""What every pruner shares: the Pruner factory tuple, its state, and the plan that turns scores into masks.
+
+A pruner is a NamedTuple of pure functions (the optax pattern). Hyperparameters live in the closure; what changes per
+step (masks, a PRNG key, score accumulators) lives in `PrunerState`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from sparsejax import distributions, granularity, masks as masks_lib, select
+
+PyTree = Any
+
+
+class PrunerState(NamedTuple):
+  """masks: bool tree (None where not prunable); rng: PRNG key data; extra: per-algorithm arrays (or ())."""
+  masks: PyTree
+  rng: jax.Array
+  extra: PyTree = ()
+
+
+class Pruner(NamedTuple):
+  """A pruning algorithm as pure functions.
+
+  init(params) -> PrunerState. is_update(step) -> bool array: whether `update` runs at this step.
+  update(params, grads, state, step) -> PrunerState: new masks (called inside the jitted `sparsify` update, only at
+    steps where is_update is true, with this step's weights before the optimizer update and the dense gradients).
+  observe(params, grads, state, step) -> PrunerState: runs at every step (accumulators), or None.
+  config: the validated sparsity config as a dict.
+  grows: whether `update` may keep a weight that the old masks pruned (SET, RigL, GraNet). False promises that new
+    masks are a subset of the old ones, which lets `sparsify` skip a copy of the masks at every step.
+  """
+  init: Callable
+  is_update: Callable
+  update: Callable
+  observe: Optional[Callable]
+  config: dict
+  grows: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Static facts about the prunable layers of one params tree (Python values, fixed under jit)."""
+  paths: tuple
+  shapes: tuple
+  sparsities: Optional[tuple]  # final per-layer sparsity, None for distribution 'global'
+  target: float
+  gran: granularity.Granularity
+  min_density: float
+
+  @property
+  def sizes(self):
+    return tuple(_prod(s) for s in self.shapes)
+
+  def layer_sparsity(self, i: int, sparsity_t):
+    """Sparsity of layer i when the overall schedule is at sparsity_t: the final split scaled by s_t / target, so the
+    total follows the schedule (with target 0 nothing is pruned)."""
+    if self.target <= 0:
+      return jnp.zeros((), jnp.float32)
+    return self.sparsities[i] * (sparsity_t / self.target)
+
+
+def _prod(shape):
+  out = 1
+  for d in shape:
+    out *= d
+  return out
+
+
+def make_plan(params: PyTree, cfg: dict) -> Plan:
+  """Prunable paths, shapes and per-layer sparsities for `params` under config `cfg`; validates shapes."""
+  paths = masks_lib.prunable_paths(params, cfg["prunable"])
+  if not paths:
+    raise ValueError("config.sparsity.prunable: no param is prunable")
+  leaves = dict(masks_lib.flatten_with_paths(params))
+  shapes = tuple(tuple(jnp.shape(leaves[p])) for p in paths)
+  gran = granularity.parse(cfg["granularity"], cfg.get("nm_axis"))
+  for p, s in zip(paths, shapes):
+    gran.check(p, s)
+  sp = distributions.layer_sparsities(cfg["distribution"], dict(zip(paths, shapes)), cfg["target"],
+                                      cfg.get("overrides"))
+  return Plan(tuple(paths), shapes, None if sp is None else tuple(sp[p] for p in paths), float(cfg["target"]),
+              gran, float(cfg["min_density"]))
+
+
+def leaves_at(tree: PyTree, paths) -> list:
+  flat = dict(masks_lib.flatten_with_paths(tree, is_leaf=masks_lib.is_none))
+  return [flat[p] for p in paths]
+
+
+def from_leaves(params: PyTree, plan: Plan, arrays) -> PyTree:
+  by_path = dict(zip(plan.paths, arrays))
+  return masks_lib.map_prunable(lambda p, _: by_path[p], params, plan.paths)
+
+
+def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] = None) -> list:
+  """Masks (a list in plan order) keeping the highest scores at overall sparsity `sparsity_t`.
+
+  Per-layer distributions keep round((1 - s_l) * groups) groups of each layer; 'global' keeps round((1 - s) * total)
+  weights over all layers, after first giving every layer its min_density floor. Only `eligible` entries are kept
+  (None: all), which is how monotone schedules never revive a pruned weight.
+  """
+  g = plan.gran
+  if g.kind == "nm":
+    keep = jnp.round((1.0 - sparsity_t) * g.m).astype(jnp.int32)
+    return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, s in enumerate(scores)]
+  pooled = [g.pool(s) for s in scores]
+  elig = None if eligible is None else [g.pool(e.astype(jnp.float32)) > 0 for e in eligible]
+  groups = [g.num_groups(s) for s in plan.shapes]
+  if plan.sparsities is not None:
+    ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
+          for i, n in enumerate(groups)]
+    chosen = select.topk_masks(pooled, ks, elig)
+  else:
+    chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig)
+  return [g.expand(c, s) for c, s in zip(chosen, plan.shapes)]
+
+
+def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Array:
+  """keep_count at `current`, except at the schedule's end (sparsity_t == target), where the count of the Python
+  float `final` is exact at any size (a float32 sparsity of 0.9 would keep 10000002 of 10**8)."""
+  at_target = jnp.asarray(sparsity_t, jnp.float32) == jnp.float32(plan.target)
+  return jnp.where(at_target, distributions.keep_count(final, size), distributions.keep_count(current, size))
+
+
+def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig):
+  sizes = [_prod(s) for s in plan.shapes]
+  weights = [n // k for n, k in zip(sizes, groups)]
+  k = _count(plan, sparsity_t, plan.target, sparsity_t, sum(sizes))
+  if plan.min_density <= 0:
+    return select.global_topk_masks(pooled, k, elig, weights)
+  floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]
+  floor_masks = select.topk_masks(pooled, floors, elig)
+  rest_elig = [~f if e is None else e & ~f for f, e in zip(floor_masks, elig or [None] * len(pooled))]
+  used = sum(w * jnp.sum(f, dtype=jnp.int32) for w, f in zip(weights, floor_masks))
+  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights)
+  return [a | b for a, b in zip(floor_masks, rest)]

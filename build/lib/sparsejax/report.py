@@ -1,0 +1,298 @@
+"""What a run leaves in its workdir: config.json, metrics.jsonl, results.json, a plot; and the progress display.
+
+Only the files named here are ever written; a workdir that holds anything else must already carry our config.json,
+so a typo in `--workdir` cannot overwrite someone's files. With several processes (multi-host) only process 0 writes
+files and prints; every process still reads them, so all of them take the same resume decisions.
+
+>>> import tempfile
+>>> workdir = tempfile.mkdtemp()
+>>> with MetricsWriter(workdir, resume_step=0) as writer:
+...   writer.write({"step": 10, "train_loss": 0.5})
+>>> read_metrics(workdir)
+[{'step': 10, 'train_loss': 0.5}]
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Optional
+
+import jax
+import ml_collections
+
+from sparsejax import distributions
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+PLOT_FILE = "training.png"
+# Fields that do not change what is trained (display, bookkeeping, and the device count: the batch and its order are
+# the same, only float reduction order differs), so a run may be resumed with other values.
+_RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.eval_every", "training.eval_batch_size",
+                          "training.checkpoint_every", "training.keep_checkpoints", "mesh.data_parallel",
+                          "mesh.multihost", "sparsity.levels")  # more IMP levels extend a run; finished ones stay
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON values (tuples become lists), as written to config.json."""
+  return json.loads(config.to_json_best_effort())
+
+
+def finite_json(obj: Any) -> Any:
+  """`obj` with every NaN or infinite float replaced by None: JSON has no NaN, and a reader must not parse one."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  return obj
+
+
+def is_writer() -> bool:
+  """Whether this process writes files and progress (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` to `path` atomically (process 0 only)."""
+  if not is_writer():
+    return
+  # Write then rename, so a reader (or a killed run) never sees half a file.
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(finite_json(obj), f, indent=2, allow_nan=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[dict]:
+  """The JSON object at `path`, or None when the file is missing."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether `workdir` holds an earlier run of this same config; writes nothing.
+
+  Returns:
+    True to resume, False for a new run (a missing or empty workdir).
+
+  Raises:
+    ValueError: the workdir holds other files but no config.json of ours, or a config.json of a different config.
+  """
+  if not os.path.isdir(workdir) or not os.listdir(workdir):
+    return False
+  previous = read_json(os.path.join(workdir, CONFIG_FILE))
+  if previous is None:
+    raise ValueError(f"--workdir {workdir} is not empty and holds no {CONFIG_FILE} of an earlier run; choose an "
+                     "empty or new directory")
+  old, new = _flatten(previous), _flatten(config_to_dict(config))
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_DIFFERENCES)
+  if changed:
+    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    raise ValueError(f"--workdir {workdir} holds a run of a different config ({details}); use a new workdir to "
+                     "run this config")
+  return True
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if is_writer():
+    os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, CONFIG_FILE), config_to_dict(config))
+
+
+def read_results(workdir: str) -> Optional[dict]:
+  return read_json(os.path.join(workdir, RESULTS_FILE))
+
+
+def write_results(workdir: str, results: dict) -> None:
+  write_json(os.path.join(workdir, RESULTS_FILE), results)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    # A run killed mid-write can leave a partial last line; it is dropped here and rewritten on resume.
+    records = []
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        break
+    return records
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to metrics.jsonl.
+
+  On resume from checkpoint step k the records after k (written by the killed run past its last checkpoint) are
+  dropped first, so every step appears once and the file matches an uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.previous = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+    self._file = None
+    if is_writer():
+      with open(self.path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in self.previous)
+      self._file = open(self.path, "a")
+
+  def write(self, record: dict) -> None:
+    if self._file is not None:
+      self._file.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+class Progress:
+  """A tqdm bar on a terminal, plain lines otherwise (`config.training.progress`: auto | bar | lines | none)."""
+
+  def __init__(self, mode: str, start_step: int, num_steps: int, desc: str = "train"):
+    if mode == "auto":
+      mode = "bar" if sys.stderr.isatty() else "lines"
+    if not is_writer():
+      mode = "none"
+    self.mode, self.num_steps = mode, num_steps
+    self._bar = None
+    if mode == "bar":
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm.tqdm(total=num_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+
+  def step(self) -> None:
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def log(self, record: dict) -> None:
+    """Shows loss, accuracy and sparsity of a metrics record (and test accuracy when it has one)."""
+    shown = {k: record[k] for k in ("train_loss", "train_accuracy", "sparsity", "test_accuracy") if k in record}
+    if self._bar is not None:
+      self._bar.set_postfix({k.replace("train_", ""): f"{v:.4f}" for k, v in shown.items()}, refresh=False)
+    elif self.mode == "lines":
+      text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+      print(f"step {record['step']:>7}/{self.num_steps}  {text}", flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def make_results(config, step: int, test: dict, summary: dict, wall_seconds: float, levels=(),
+                 split: str = "test") -> dict:
+  """The results.json dict of DESIGN.md.
+
+  Args:
+    config: the validated config (names of algorithm, dataset, model).
+    step: the final step.
+    test: {"loss", "accuracy"} on `split`.
+    summary: `sj.summary(masks, params)` (sparsity and nnz counted from the param arrays).
+    wall_seconds: training time, summed over resumed segments.
+    levels: per-level records of iterative methods ([] otherwise).
+    split: the split `test` was measured on.
+  """
+  total = summary["total"]
+  final = {"step": step, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+           "sparsity": total["sparsity"], "nnz": total["nnz"], "prunable_params": total["prunable_params"]}
+  if split != "test":
+    final["eval_split"] = split
+  layers = {path: {"shape": list(layer["shape"]), "sparsity": layer["sparsity"], "nnz": layer["nnz"]}
+            for path, layer in summary["layers"].items()}
+  return {"algorithm": config.sparsity.algorithm, "dataset": config.data.name, "model": config.model.name,
+          "status": "finished", "wall_seconds": wall_seconds, "final": final, "layers": layers, "levels": list(levels),
+          "layer_collapse": collapsed_layers(layers, config.sparsity.get("min_density", 0.0))}
+
+
+def collapsed_layers(layers: dict, min_density: float = 0.0) -> list[str]:
+  """Layers of results.json that collapsed: no weight left, or fewer than ceil(min_density * size) (counted from the
+  arrays). A collapsed layer cuts the network (Tanaka et al. 2020); results.json lists them and the run warns."""
+  return [path for path, layer in layers.items()
+          if distributions.collapsed(layer["nnz"], math.prod(layer["shape"]), min_density)]
+
+
+def format_results(results: dict) -> str:
+  """A short text table of results.json: the final numbers and the per-layer sparsity."""
+  def num(v):
+    return "n/a" if v is None else f"{v:.4f}"
+
+  final = results["final"]
+  name = f"{results['algorithm']} {results['model']} on {results['dataset']}"
+  if results.get("status") == "diverged":
+    name += (f": DIVERGED at step {results['diverged_step']}; last finite checkpoint "
+             f"{results.get('last_finite_checkpoint')}")
+  if final is None:
+    return name
+  lines = [f"{name}: step {final['step']}, test accuracy {num(final['test_accuracy'])}, test loss "
+           f"{num(final['test_loss'])}, sparsity {num(final['sparsity'])} ({final['nnz']}/{final['prunable_params']} "
+           f"weights kept), {results['wall_seconds']:.1f} s"]
+  width = max([len(p) for p in results["layers"]] + [5])
+  lines.append(f"{'layer':<{width}}  {'shape':>16}  {'nnz':>10}  {'sparsity':>8}")
+  for path, layer in results["layers"].items():
+    shape = "x".join(map(str, layer["shape"]))
+    lines.append(f"{path:<{width}}  {shape:>16}  {layer['nnz']:>10}  {layer['sparsity']:8.4f}")
+  if results.get("layer_collapse"):
+    lines.append(f"warning: layer collapse (no weight left, or under the min_density floor): "
+                 f"{', '.join(results['layer_collapse'])}")
+  for level in results.get("levels", []):
+    lines.append(f"level {level['level']}: sparsity {level['sparsity']:.4f}  test accuracy "
+                 f"{level['test_accuracy']:.4f}  best {level['best_test_accuracy']:.4f} at step {level['best_step']}")
+  return "\n".join(lines)
+
+
+def plot_run(workdir: str, records: list[dict], layers: dict) -> str:
+  """training.png: test accuracy and sparsity against step, and the final sparsity of each layer."""
+  if not is_writer():
+    return ""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 4))
+  evals = [r for r in records if "test_accuracy" in r]
+  ax.plot([r["step"] for r in evals], [r["test_accuracy"] for r in evals], "o-", color="C0", label="test accuracy")
+  ax.set_xlabel("step")
+  ax.set_ylabel("test accuracy", color="C0")
+  ax.set_ylim(0, 1.02)
+  twin = ax.twinx()
+  logged = [r for r in records if "sparsity" in r]
+  twin.plot([r["step"] for r in logged], [r["sparsity"] for r in logged], color="C1", label="sparsity")
+  twin.set_ylabel("sparsity", color="C1")
+  twin.set_ylim(-0.02, 1.02)
+  ax.set_title("test accuracy and sparsity")
+  names = list(layers)
+  bars.barh(range(len(names)), [layers[n]["sparsity"] for n in names], color="C1")
+  bars.set_yticks(range(len(names)), names, fontsize=7)
+  bars.invert_yaxis()
+  bars.set_xlim(0, 1)
+  bars.set_xlabel("sparsity")
+  bars.set_title("final sparsity per layer")
+  fig.tight_layout()
+  path = os.path.join(workdir, PLOT_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

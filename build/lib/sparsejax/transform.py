@@ -1,0 +1,295 @@
+"""`sparsify(tx, pruner)`: pruning as an optax GradientTransformation, one call per step.
+
+The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
+`sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
+jitted update (under `lax.cond`, or for pruners that never grow a while loop of zero or one iteration, which leaves the
+masks in place between updates): no re-trace, no host round trip; in the same loop it resets the inner optimizer's
+state of every weight not kept both before and after this step to what `tx.init` gives (Adagrad's 0.1, not 0), so a
+pruned weight carries no stale moment, and it resets a weight grown at one mask update again at the next step, so
+that the weight starts its first real update from exactly tx.init's state; (3) masks the gradients, so the state of
+pruned weights sees only zero gradients; (4) runs the inner optimizer, passing on any extra arguments (`value`,
+`grad`, `value_fn`); and (5) returns updates that take every pruned weight to exactly 0 and never move it: for a
+pruned weight the update is -w, and w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0
+until the next step.
+
+Which leaves of the inner optimizer's state belong to which weight is found by path and shape (`state_slots`), so any
+layout works: `optax.chain`, `multi_transform`, `masked`, `MultiSteps`, `inject_hyperparams`, a bare array as params.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from sparsejax import masks as masks_lib
+from sparsejax.pruners.base import Pruner, PrunerState
+
+PyTree = Any
+
+COMPOSITION = (
+    "sparsify keeps pruned weights at exactly 0 only when (1) training starts from masked params "
+    "(`params, opt_state = sj.sparse_init(tx, params)`, or `sj.apply_masks(params, sj.get_masks(opt_state))` after "
+    "`tx.init` or `sj.set_masks`) and (2) its updates are applied as they are: nothing after it may change them. "
+    "Put other transformations inside it (`sj.sparsify(optax.chain(tx, optax.scale(0.5)), pruner)`), not after it "
+    "(`optax.chain(sj.sparsify(tx, pruner), optax.scale(0.5))`); `optax.lookahead` cannot be combined with sparsify "
+    "(its slow weights revive pruned ones at every sync); for gradient accumulation use "
+    "`optax.MultiSteps(sj.sparsify(tx, pruner), k)`.")
+
+
+class SparseState(NamedTuple):
+  """The `sparsify` optimizer state.
+
+  count: updates done so far (the step). pruner: masks and the pruner's arrays. inner: the wrapped optimizer's state.
+  fresh: bool tree like the masks: weights whose inner state is reset to tx.init's before the next update (the
+    weights grown at the last mask update, or those `set_masks` pruned or grown). pending: whether any is.
+  """
+  count: jax.Array
+  pruner: PrunerState
+  inner: optax.OptState
+  fresh: PyTree
+  pending: jax.Array
+
+
+class Slot(NamedTuple):
+  """A leaf of an optimizer state holding one value per weight of a prunable layer.
+
+  leaf: index among the state's leaves; layer: index among the mask tree's arrays; stacked: the leaf has leading axes
+  before the weight's shape (a history, such as L-BFGS's memory).
+  """
+  leaf: int
+  layer: int
+  stacked: bool
+
+
+def _is_sparse_state(x) -> bool:
+  return isinstance(x, SparseState)
+
+
+def state_slots(state: PyTree, masks: PyTree) -> list[Slot]:
+  """The per-weight leaves of an optimizer state, found by path and shape.
+
+  A state leaf belongs to a prunable layer when the layer's param path is a suffix of the leaf's path (the longest
+  such path wins): Adam's `mu/dense/kernel`, `multi_transform`'s `inner_states/a/inner_state/0/mu/dense/kernel`, or
+  any leaf when params are one bare array. It holds one value per weight when its shape is the weight's, or ends with
+  it (stacked). Any other leaf at that path is a statistic shared by a row, a column or the whole layer (Adafactor's
+  factored second moments, scalars): no entry of it belongs to one weight, so it is left as the optimizer keeps it.
+  """
+  flat_masks, _ = jax.tree_util.tree_flatten_with_path(masks_lib.pure(masks), is_leaf=masks_lib.is_none)
+  layers, i = {}, 0
+  for kp, m in flat_masks:
+    if m is not None:
+      layers[masks_lib.path_keys(kp)] = (i, tuple(np.shape(m)))
+      i += 1
+  slots = []
+  for j, (kp, x) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
+    keys = masks_lib.path_keys(kp)
+    hit = next((layers[keys[s:]] for s in range(len(keys) + 1) if keys[s:] in layers), None)
+    if hit is None:
+      continue
+    layer, shape = hit
+    xs = tuple(np.shape(x))
+    if xs == shape:
+      slots.append(Slot(j, layer, False))
+    elif len(xs) > len(shape) and xs[len(xs) - len(shape):] == shape:
+      slots.append(Slot(j, layer, True))
+  return slots
+
+
+def reset_pruned_state(state: PyTree, fresh: PyTree, keep: PyTree) -> PyTree:
+  """`state` with the per-weight entries of every weight not in `keep` taken from `fresh` (what `tx.init` gives)."""
+  leaves, treedef = jax.tree.flatten(state)
+  fresh_leaves = jax.tree.leaves(fresh)
+  keep_leaves = masks_lib.mask_leaves(masks_lib.pure(keep))
+  for s in state_slots(state, keep):
+    x = leaves[s.leaf]
+    leaves[s.leaf] = jnp.where(keep_leaves[s.layer], x, fresh_leaves[s.leaf]).astype(jnp.result_type(x))
+  return treedef.unflatten(leaves)
+
+
+def _raise_if_pruned_nonzero(bad, paths):
+  bad = np.asarray(bad)
+  if bad.any():
+    layers = [p for p, b in zip(paths, bad) if b]
+    raise ValueError(f"sparsejax.sparsify: update() was given params that are nonzero at pruned weights in "
+                     f"{layers}. {COMPOSITION}")
+  return np.zeros((), np.int32)
+
+
+_CHECK_WHOLE = 1 << 16  # layers up to this size are checked whole at every step
+_CHECK_SLICES = 8       # larger ones one slice of 1/8 at a time, in turn
+
+
+def _unchecked_part(p, m, step):
+  """Whether a pruned weight is nonzero in (a slice of) one layer. A layer of more than _CHECK_WHOLE weights is checked
+  one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every _CHECK_SLICES steps for
+  an eighth of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU)."""
+  p, m = p.reshape(-1), m.reshape(-1)
+  n = p.shape[0]
+  if n > _CHECK_WHOLE:
+    c = -(-n // _CHECK_SLICES)
+    start = jnp.minimum((step % _CHECK_SLICES) * c, n - c)
+    p, m = lax.dynamic_slice(p, (start,), (c,)), lax.dynamic_slice(m, (start,), (c,))
+  return jnp.any(~m & (p != 0))
+
+
+def _check_pruned_zero(params, masks, step) -> jax.Array:
+  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`.
+
+  Every weight is looked at within _CHECK_SLICES steps (small layers at every step). Returns an int32 0 that the caller
+  must use (a pure callback whose result is unused would be removed). A pure callback, not `jax.debug.callback`: a
+  computation with side effects loses jit's fast dispatch path (about 2 ms a step on CPU).
+  """
+  pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step), masks, params,
+                       is_leaf=masks_lib.is_none)
+  bad = masks_lib.mask_leaves(pairs)
+  if not bad:
+    return jnp.zeros((), jnp.int32)
+  bad = jnp.stack(bad)
+  paths = tuple(masks_lib.mask_paths(masks))
+  raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths)  # noqa: E731
+  zero = jax.ShapeDtypeStruct((), jnp.int32)
+  return lax.cond(jnp.any(bad), lambda b: jax.pure_callback(raise_fn, zero, b), lambda b: jnp.zeros((), jnp.int32),
+                  bad)
+
+
+def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.GradientTransformationExtraArgs:
+  """Wraps any optax optimizer so that its updates prune and keep pruned weights at exactly 0.
+
+  Composition. The update of a pruned weight is -w, which takes it to exactly 0 only if the update is applied as it
+  is: `sparsify` must be the last transformation of the chain. Transformations inside it (or chained before it:
+  clipping, weight decay, `inject_hyperparams`, `multi_transform`, `masked`) are fine. Anything after it that changes
+  its updates (`optax.chain(sparsify(...), optax.scale(0.5))`, the slow-weight sync of `optax.lookahead`) cannot keep
+  pruned weights at 0: an update finds a pruned weight that is not 0 (each weight is checked at least every 8 steps)
+  and raises an error that says so; the same check catches a sparse start from dense params. `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates
+  k micro-batches per real update and the pruning schedule counts real updates; `sparsify(optax.MultiSteps(tx, k),
+  pruner)` also keeps pruned weights at 0 but its schedule counts micro-steps.
+
+  Args:
+    tx: the inner optimizer (sgd, momentum, adam, adamw, adafactor, lbfgs, any chain); extra arguments of its update
+      (`value`, `grad`, `value_fn`) are passed through.
+    pruner: from `sparsejax.create_pruner`.
+
+  Returns:
+    A GradientTransformationExtraArgs whose `update(grads, state, params, **extra_args)` needs params.
+
+  >>> import optax, jax.numpy as jnp
+  >>> import sparsejax as sj
+  >>> tx = sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "target": 0.5}))
+  >>> params = {"w": jnp.array([[1.0, -3.0], [0.5, 2.0]])}
+  >>> params, state = sparse_init(tx, params)
+  >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+  >>> optax.apply_updates(params, updates)["w"].tolist()
+  [[0.0, -3.0], [0.0, 2.0]]
+  """
+  inner_tx = optax.with_extra_args_support(tx)
+
+  def init_fn(params):
+    if type(params).__name__ == "LookaheadParams":
+      raise ValueError(f"sparsejax.sparsify cannot wrap optax.lookahead. {COMPOSITION}")
+    params = masks_lib.pure(params)
+    # Weak types stripped: the update returns strongly typed state (L-BFGS's line-search info), and a jitted step
+    # given the init's weakly typed scalars would trace a second time.
+    inner = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)) if isinstance(x, jax.Array) else x,
+                         inner_tx.init(params))
+    pstate = pruner.init(params)
+    fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros(m.shape, bool), pstate.masks,
+                         is_leaf=masks_lib.is_none)
+    return SparseState(jnp.zeros((), jnp.int32), pstate, inner, fresh, jnp.zeros((), bool))
+
+  def update_fn(grads, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
+    pstate, step = state.pruner, state.count
+    checked = _check_pruned_zero(params, pstate.masks, step)
+    if pruner.observe is not None:
+      pstate = pruner.observe(params, grads, pstate, step)
+    scheduled = pruner.is_update(step)
+
+    def refresh(carry):
+      i, ps, inner, fresh, _ = carry
+      # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
+      # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs
+      # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
+      p, g, ps, fresh, _ = lax.optimization_barrier((params, grads, ps, fresh, i))
+      # At a schedule step, masks are recomputed from this step's weights and dense gradients; otherwise (a reset
+      # left pending) they stay (a select, not a nested cond, which would copy the masks at every step).
+      new = jax.tree.map(lambda a, b: jnp.where(scheduled, a, b), pruner.update(p, g, ps, step), ps)
+      old, new_masks = ps.masks, new.masks
+      # keep = new & old: a weight grown now stays exactly 0 for this step. The state of every weight not kept, and
+      # of the fresh ones, is reset to tx.init's before this step's update; the weights grown now are reset again
+      # before the next one, their first real update, so that they start it from exactly tx.init's state.
+      kept = jax.tree.map(lambda n, o, f: None if n is None else n & o & ~f, new_masks, old, fresh,
+                          is_leaf=masks_lib.is_none)
+      inner = reset_pruned_state(inner, inner_tx.init(p), kept)
+      grown = jax.tree.map(lambda n, o: None if n is None else n & ~o, new_masks, old, is_leaf=masks_lib.is_none)
+      any_grown = jnp.any(jnp.stack([jnp.any(x) for x in masks_lib.mask_leaves(grown)] or [jnp.zeros((), bool)]))
+      return i + 1, new, inner, grown, any_grown
+
+    # A loop of zero or one iteration instead of lax.cond: a while loop updates its carry in place, so between mask
+    # updates masks and optimizer state pass through untouched, where a cond copies them twice per step on XLA:CPU.
+    # Its counter starts at the check's result (0): the check then reads the masks before the loop can update them
+    # in place, and XLA need not copy masks and params to keep them for it.
+    _, pstate, inner, fresh, pending = lax.while_loop(
+        lambda c: (c[0] == 0) & (scheduled | state.pending), refresh,
+        (checked, pstate, state.inner, state.fresh, jnp.zeros((), bool)))
+    if pruner.grows:  # keep = new & old = new & ~grown
+      keep = jax.tree.map(lambda m, f: None if m is None else m & ~f, pstate.masks, fresh, is_leaf=masks_lib.is_none)
+    else:  # nothing grows (fresh is all False after the loop): the masks are kept as they are
+      keep = pstate.masks
+    # The state of pruned weights sees only zero gradients; what fuses with the optimizer's own elementwise pass is
+    # the gradient mask and the final select.
+    updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), inner, params, **extra_args)
+    updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
+                           is_leaf=masks_lib.is_none)
+    return updates, SparseState(step + 1, pstate, inner, fresh, pending)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sparse_init(tx: optax.GradientTransformation, params: PyTree) -> tuple[PyTree, optax.OptState]:
+  """`(params, opt_state)` to start a sparse run from: `tx.init(params)` and params with its masks applied.
+
+  Pruners that start sparse (random, set, rigl, granet with initial='sparse') draw their masks in `tx.init`; the
+  first step must see those weights at 0, or its gradients (RigL's first growth) are those of the dense network.
+  `tx` is a `sparsify` transformation, or any transformation that holds one.
+  """
+  opt_state = tx.init(params)
+  return masks_lib.apply_masks(params, get_masks(opt_state)), opt_state
+
+
+def _find(opt_state):
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_sparse_state) if _is_sparse_state(x)]
+  if len(found) != 1:
+    raise ValueError(f"expected exactly one sparsify state in the optimizer state, found {len(found)}")
+  return found[0]
+
+
+def get_masks(opt_state) -> PyTree:
+  """The mask tree (bool arrays, None where not prunable) held by a `sparsify` optimizer state (also NNX's)."""
+  return masks_lib.pure(_find(opt_state).pruner.masks)
+
+
+def get_step(opt_state) -> jax.Array:
+  return masks_lib.pure(_find(opt_state).count)
+
+
+def set_masks(opt_state, masks: PyTree):
+  """The optimizer state with its masks replaced (same shapes: a jitted step does not re-trace).
+
+  The next update first resets the inner optimizer's state of every weight that `masks` prunes, or grows, to what
+  `tx.init` gives, as a mask update inside the step would. Apply the same masks to the params (`sj.apply_masks`)
+  before that update.
+  """
+
+  def swap(x):
+    if _is_sparse_state(x):
+      fresh = jax.tree.map(lambda n, o: None if n is None else ~(n & o), masks, x.pruner.masks,
+                           is_leaf=masks_lib.is_none)
+      return x._replace(pruner=x.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
+    return x
+
+  return jax.tree.map(swap, opt_state, is_leaf=_is_sparse_state)

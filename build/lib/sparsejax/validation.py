@@ -1,0 +1,177 @@
+"""One validation layer for an experiment: every section of a config, the fields across sections, and the workdir.
+
+`validate(config, workdir)` runs before anything is built, compiled or written: the top level, `training` and `mesh`
+(`config_validation`), `sparsity` (`sparsejax.config`), `model` (the zoo's options), `data` (the dataset's options),
+then the checks across sections and the workdir. `check_data(config, num_train, num_steps)` adds the checks that need
+the dataset's size, right after the dataset is opened and before anything is compiled or written. Every error is a
+`ConfigError` naming the field, the value and the accepted values; the launcher prints it and exits with status 2.
+
+>>> validate({"model": {"name": "mlp"}, "data": {"name": "mnist1d"}, "training": {"num_steps": 100},
+...           "sparsity": {"algorithm": "gmp", "target": 0.9, "end_step": 100}})
+Traceback (most recent call last):
+...
+sparsejax.validation.ConfigError: config.sparsity.end_step: got 100; accepted values: an int < config.training.num_steps = 100 for 'gmp' (its last mask update runs at end_step; at 100 the run ends before it)
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from typing import Any, Optional
+
+import ml_collections
+
+from sparsejax import config as sparsity_config
+from sparsejax import config_validation
+
+# Sparsity fields that only some algorithms read: set to anything but the default for another algorithm, a warning
+# says the value is not used (configs derived from others carry fields they do not need, so it is not an error).
+APPLIES = {
+    "levels": ("imp",), "prune_fraction": ("imp",), "rewind": ("imp",), "rewind_step": ("imp",),
+    "prune_fraction_overrides": ("imp",), "control": ("imp",),
+    "drop_fraction": ("set", "rigl", "granet"), "drop_schedule": ("set", "rigl", "granet"),
+    "initial": ("granet",), "regrow_end_step": ("granet",),
+    "iterations": ("synflow",), "num_batches": ("snip", "grasp"), "temperature": ("grasp",),
+    "initial_sparsity": ("gmp", "granet", "movement"), "power": ("gmp", "granet", "movement"),
+    "update_every": ("gmp", "set", "rigl", "granet", "movement"),
+}
+# Algorithms whose last mask update is at end_step, which must therefore fall inside the run.
+SCHEDULED_TO_END = ("gmp", "set", "rigl", "granet", "movement")
+
+
+class ConfigError(ValueError):
+  """A bad config field or workdir: the message names the field, the value and the accepted values."""
+
+
+def close_names(name: str, candidates) -> str:
+  """' (did you mean a or b?)' for the candidates close to a misspelled `name`, or ''."""
+  close = difflib.get_close_matches(name, list(candidates), n=3)
+  return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _sparsity(config: ml_collections.ConfigDict) -> dict:
+  from sparsejax import pruners  # pylint: disable=g-import-not-at-top (pruners import sparsejax.config)
+  raw = config.sparsity.to_dict() if hasattr(config.sparsity, "to_dict") else dict(config.sparsity)
+  if raw.get("seed") is None:  # random masks follow the experiment's seed unless the sparsity section sets its own
+    raw["seed"] = config.seed
+  cfg = sparsity_config.validate(raw, tuple(pruners.REGISTRY))
+  algorithm = cfg["algorithm"]
+  for field, users in APPLIES.items():
+    if algorithm not in users and cfg[field] != sparsity_config.DEFAULTS[field] and field in raw:
+      _warn(f"config.sparsity.{field}={cfg[field]!r} is not used by algorithm {algorithm!r} (it applies to "
+            f"{', '.join(users)})")
+  return cfg
+
+
+def _model(config) -> None:
+  from sparsejax import models  # pylint: disable=g-import-not-at-top (flax, only when validating an experiment)
+  name = config.model.name
+  if name not in models.MODELS:
+    raise ConfigError(f"config.model.name: got {name!r}{close_names(name, models.MODELS)}; accepted values: "
+                      f"{sorted(models.MODELS)}")
+  accepted = models.model_kwargs(name)
+  for key, value in config.model.items():
+    if key != "name" and value is not None and key not in accepted:
+      raise ConfigError(f"config.model.{key}: unknown option of model {name!r}{close_names(key, accepted)}; "
+                        f"accepted fields: {['name'] + sorted(accepted)}")
+
+
+def _data(config) -> None:
+  from sparsejax import data  # pylint: disable=g-import-not-at-top
+  data.resolve_options(config.data)
+
+
+def check_imp(cfg: dict) -> None:
+  """What iterative magnitude pruning supports."""
+  if cfg["algorithm"] != "imp":
+    return
+  if cfg["levels"] < 1:
+    raise ConfigError(f"config.sparsity.levels: got {cfg['levels']}; accepted values: an int >= 1 for algorithm "
+                      "'imp'")
+  if cfg["distribution"] not in ("uniform", "global"):
+    raise ConfigError(f"config.sparsity.distribution: got {cfg['distribution']!r}; accepted values for 'imp': "
+                      "'uniform' (per layer) or 'global'")
+  if cfg["granularity"] != "unstructured":
+    raise ConfigError(f"config.sparsity.granularity: got {cfg['granularity']!r}; accepted values for 'imp': "
+                      "'unstructured'")
+
+
+def _across_sections(config, cfg: dict) -> None:
+  check_imp(cfg)
+  num_steps = config.training.num_steps
+  if num_steps is None:  # in epochs: checked by check_data once the dataset's size is known
+    return
+  _check_steps(cfg, num_steps, "config.training.num_steps")
+
+
+def _check_steps(cfg: dict, num_steps: int, what: str) -> None:
+  algorithm = cfg["algorithm"]
+  if algorithm in SCHEDULED_TO_END and cfg["end_step"] >= num_steps:
+    raise ConfigError(f"config.sparsity.end_step: got {cfg['end_step']}; accepted values: an int < {what} = "
+                      f"{num_steps} for {algorithm!r} (its last mask update runs at end_step; at {cfg['end_step']} "
+                      "the run ends before it)")
+  if algorithm == "oneshot" and cfg["begin_step"] >= num_steps:
+    raise ConfigError(f"config.sparsity.begin_step: got {cfg['begin_step']}; accepted values: an int < {what} = "
+                      f"{num_steps} for 'oneshot' (the step it prunes at)")
+  if algorithm == "imp" and cfg["rewind"] != "init" and cfg["rewind_step"] >= num_steps:
+    raise ConfigError(f"config.sparsity.rewind_step: got {cfg['rewind_step']}; accepted values: an int < {what} = "
+                      f"{num_steps} for rewind {cfg['rewind']!r}")
+
+
+def check_workdir_path(workdir: Any) -> str:
+  """The workdir as a string, refused when it cannot hold a run: empty, a file, or a directory we cannot write."""
+  if not isinstance(workdir, (str, os.PathLike)) or not os.fspath(workdir).strip():
+    raise ConfigError(f"--workdir: got {workdir!r}; accepted values: a directory path (created when missing)")
+  workdir = os.fspath(workdir)
+  if "://" in workdir:  # gs:// and other remote filesystems: orbax and etils check them when writing
+    return workdir
+  if os.path.exists(workdir):
+    if not os.path.isdir(workdir):
+      raise ConfigError(f"--workdir: got {workdir!r}, which is a file; accepted values: a directory path")
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise ConfigError(f"--workdir: got {workdir!r}, a directory this user cannot write; accepted values: a "
+                        "writable directory")
+    return workdir
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir: got {workdir!r}, which cannot be created under {parent!r}; accepted values: a "
+                      "directory path in a writable place")
+  return workdir
+
+
+def validate(config: Any, workdir: Optional[Any] = None) -> ml_collections.ConfigDict:
+  """The resolved config (every default filled in, `sparsity` included), or a ConfigError.
+
+  Args:
+    config: a ConfigDict or nested dict laid out as in configs/default.py.
+    workdir: checked too when given (see `check_workdir_path`).
+  """
+  try:
+    resolved = config_validation.validate(config)
+    cfg = _sparsity(resolved)
+    _model(resolved)
+    _data(resolved)
+    _across_sections(resolved, cfg)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if workdir is not None:
+    check_workdir_path(workdir)
+  resolved.sparsity = ml_collections.ConfigDict(cfg)
+  return resolved
+
+
+def check_data(config: ml_collections.ConfigDict, num_train: int, num_steps: int) -> None:
+  """The checks that need the dataset: a batch no larger than the training set, schedules inside the run."""
+  batch_size = config.training.batch_size
+  if batch_size > num_train:
+    raise ConfigError(f"config.training.batch_size: got {batch_size}; accepted values: an int <= {num_train}, the "
+                      f"number of training examples of {config.data.name}")
+  _check_steps(dict(config.sparsity), num_steps, "the number of training steps")

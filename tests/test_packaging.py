@@ -1,0 +1,60 @@
+"""The library installs light: `pip install sparsejax` needs jax, flax, optax and numpy, ships no top-level
+`experiments` package, and training with `sparsify` imports nothing of the engine's (orbax, TFDS, ml_collections,
+plotting, data sets)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINE_MODULES = ("orbax", "ml_collections", "tensorflow_datasets", "tensorflow", "matplotlib", "sklearn", "mnist1d",
+                  "tqdm", "PIL")
+CHECK = """
+import re, sys
+readme = open(sys.argv[1]).read()
+section = readme[readme.index("## Library in your own Flax loop"):]
+exec(re.search(r"```python\\n(.*?)```", section, re.S).group(1))
+engine = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(",")))
+print("ENGINE", ",".join(engine))
+"""
+
+
+def _setup_lists():
+  text = open(os.path.join(REPO, "setup.py")).read()
+  requires = re.search(r"INSTALL_REQUIRES = \[(.*?)\]", text, re.S).group(1)
+  return [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in re.findall(r'"([^"]+)"', requires)]
+
+
+def test_install_requires_only_what_the_library_needs():
+  assert sorted(_setup_lists()) == ["flax", "jax", "numpy", "optax"]
+  text = open(os.path.join(REPO, "setup.py")).read()
+  assert 'include=["sparsejax", "sparsejax.*"]' in text and '"experiments"' not in text.split("packages=")[1]
+
+
+def _run_example(python, cwd):
+  proc = subprocess.run([python, "-c", CHECK, os.path.join(REPO, "README.md"), ",".join(ENGINE_MODULES)], cwd=cwd,
+                        capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  engine = [line for line in proc.stdout.splitlines() if line.startswith("ENGINE")][0]
+  return engine.split(" ", 1)[1] if " " in engine else ""
+
+
+def test_the_readme_example_imports_nothing_of_the_engine(tmp_path):
+  assert _run_example(sys.executable, str(tmp_path)) == ""
+
+
+@pytest.mark.slow
+def test_a_bare_install_in_a_fresh_venv_trains_the_readme_example(tmp_path):
+  """pip install of the repository without extras into a new venv (wheels come from pip's cache or PyPI)."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+  python = str(venv / "bin" / "python")
+  install = subprocess.run([python, "-m", "pip", "install", "-q", REPO], capture_output=True, text=True,
+                           timeout=1200)
+  assert install.returncode == 0, install.stderr[-3000:]
+  assert _run_example(python, str(tmp_path)) == ""
+  missing = subprocess.run([python, "-c", "import experiments"], cwd=str(tmp_path), capture_output=True, text=True)
+  assert missing.returncode != 0  # no top-level `experiments` package in users' site-packages
