@@ -3,6 +3,7 @@
 plotting, data sets)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -49,10 +50,13 @@ def test_the_readme_example_imports_nothing_of_the_engine(tmp_path):
 @pytest.mark.slow
 def test_a_bare_install_in_a_fresh_venv_trains_the_readme_example(tmp_path):
   """pip install of the repository without extras into a new venv (wheels come from pip's cache or PyPI)."""
+  source = tmp_path / "src"  # a copy: building the wheel writes build/ beside setup.py
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
+                                                              "__pycache__"))
   venv = tmp_path / "venv"
   subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
   python = str(venv / "bin" / "python")
-  install = subprocess.run([python, "-m", "pip", "install", "-q", REPO], capture_output=True, text=True,
+  install = subprocess.run([python, "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True,
                            timeout=1200)
   assert install.returncode == 0, install.stderr[-3000:]
   assert _run_example(python, str(tmp_path)) == ""
