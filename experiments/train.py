@@ -80,6 +80,9 @@ def run(argv: Sequence[str], stderr=None) -> int:
   flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints and results.", flag_values=fv)
   flags.DEFINE_bool("traceback", False, "Show the Python traceback of an error.", flag_values=fv)
   traceback = "--traceback" in argv
+  if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip() + "\n\nflags:\n" + fv.get_help(), flush=True)
+    return 0
 
   def fail(message: str, status: int = BAD_INPUT) -> int:
     print(f"error: {message}", file=stderr, flush=True)

@@ -159,6 +159,12 @@ def test_missing_flags(argv, want):
   assert rc == 2 and want in err and "Traceback" not in err
 
 
+def test_help_answers_with_the_flags(capsys):
+  assert launcher.run(["train", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "--workdir" in out and "Exit status" in out
+
+
 def test_workdir_empty_string():
   rc, err = _run([f"--config={BASE}", "--workdir="])
   assert rc == 2 and "--workdir: got ''" in err and "Traceback" not in err
