@@ -13,6 +13,7 @@ module owns the rest. Missing training / mesh fields take the defaults below, wh
 """
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Callable, Mapping
 
@@ -111,7 +112,9 @@ def _check_section(name: str, section, defaults: dict, checks: dict) -> dict:
   values = dict(defaults)
   for key, value in _as_dict(section, name).items():
     if key not in checks:
-      raise ValueError(f"config.{name}.{key}: unknown field; accepted fields are {sorted(checks)}")
+      close = difflib.get_close_matches(key, list(checks), n=3)
+      hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+      raise ValueError(f"config.{name}.{key}: unknown field{hint}; accepted fields are {sorted(checks)}")
     ok, accepted = checks[key]
     if not ok(value):
       raise ValueError(f"config.{name}.{key}: got {value!r}; accepted values: {accepted}")
