@@ -61,7 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Every field of sparsejax/config.py, so that each can be set from the command line on every config.
   config.sparsity = ml_collections.ConfigDict()
   sparsity = config.sparsity
-  sparsity.algorithm = "dense"   # dense | oneshot | gmp | imp | set | rigl | granet | snip | grasp | synflow | random | movement
+  # dense | oneshot | gmp | imp | set | rigl | granet | snip | grasp | synflow | random | movement
+  sparsity.algorithm = "dense"
   sparsity.target = 0.0
   sparsity.distribution = "uniform"                      # uniform | er | erk | global
   sparsity.granularity = "unstructured"                  # unstructured | n:m | block:RxC | channel

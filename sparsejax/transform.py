@@ -2,8 +2,8 @@
 
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
-jitted update (under `lax.cond`, or for pruners that never grow a while loop of zero or one iteration, which leaves the
-masks in place between updates): no re-trace, no host round trip; in the same loop it resets the inner optimizer's
+jitted update (a while loop of zero or one iteration, which leaves masks and optimizer state in place between
+updates): no re-trace, no host round trip; in the same loop it resets the inner optimizer's
 state of every weight not kept both before and after this step to what `tx.init` gives (Adagrad's 0.1, not 0), so a
 pruned weight carries no stale moment, and it resets a weight grown at one mask update again at the next step, so
 that the weight starts its first real update from exactly tx.init's state; (3) masks the gradients, so the state of
@@ -164,9 +164,10 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   clipping, weight decay, `inject_hyperparams`, `multi_transform`, `masked`) are fine. Anything after it that changes
   its updates (`optax.chain(sparsify(...), optax.scale(0.5))`, the slow-weight sync of `optax.lookahead`) cannot keep
   pruned weights at 0: an update finds a pruned weight that is not 0 (each weight is checked at least every 8 steps)
-  and raises an error that says so; the same check catches a sparse start from dense params. `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates
-  k micro-batches per real update and the pruning schedule counts real updates; `sparsify(optax.MultiSteps(tx, k),
-  pruner)` also keeps pruned weights at 0 but its schedule counts micro-steps.
+  and raises an error that says so; the same check catches a sparse start from dense params.
+  `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates k micro-batches per real update and the pruning schedule
+  counts real updates; `sparsify(optax.MultiSteps(tx, k), pruner)` also keeps pruned weights at 0 but its schedule
+  counts micro-steps.
 
   Args:
     tx: the inner optimizer (sgd, momentum, adam, adamw, adafactor, lbfgs, any chain); extra arguments of its update
@@ -216,7 +217,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
       # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
       p, g, ps, fresh, _ = lax.optimization_barrier((params, grads, ps, fresh, i))
       # At a schedule step, masks are recomputed from this step's weights and dense gradients; otherwise (a reset
-      # left pending) they stay (a select, not a nested cond, which would copy the masks at every step).
+      # left pending) they stay. A select, not a nested cond, which would copy the masks at every step; the price is
+      # that a pending-only step (the step after a growth, or after set_masks) computes one discarded update.
       new = jax.tree.map(lambda a, b: jnp.where(scheduled, a, b), pruner.update(p, g, ps, step), ps)
       old, new_masks = ps.masks, new.masks
       # keep = new & old: a weight grown now stays exactly 0 for this step. The state of every weight not kept, and
