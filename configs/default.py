@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   sparsity.target = 0.0
   sparsity.distribution = "uniform"                      # uniform | er | erk | global
   sparsity.granularity = "unstructured"                  # unstructured | n:m | block:RxC | channel
-  sparsity.nm_axis = config_dict.placeholder(int)        # None: the kernel's input axis
+  sparsity.layout = "flax"                               # 'flax' (..., in, out) or 'torch' (out, in, ...)
+  sparsity.nm_axis = config_dict.placeholder(int)        # None: the layout's input axis
+  sparsity.channel_axis = config_dict.placeholder(int)   # None: the layout's output axis ('channel')
   sparsity.prunable = config_dict.placeholder(tuple)     # regexes; None: every float leaf with ndim >= 2
   sparsity.min_density = 0.0
   sparsity.overrides = config_dict.placeholder(dict)     # {regex: sparsity}

@@ -17,8 +17,10 @@ DEFAULTS: dict[str, Any] = {
     "target": 0.0,             # final sparsity of the prunable weights
     "distribution": "uniform",
     "granularity": "unstructured",
-    "nm_axis": None,            # axis of the groups of m for 'n:m'; None: the input axis of a kernel (ndim - 2)
-    "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: every ndim >= 2 leaf
+    "layout": "flax",           # kernel layout: 'flax' (..., in, out) or 'torch' (out, in, ...) (Equinox, PyTorch)
+    "nm_axis": None,            # axis of the groups of m for 'n:m'; None: the layout's input axis
+    "channel_axis": None,       # output axis that 'channel' keeps or prunes whole; None: the layout's output axis
+    "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: ndim >= 2, not bias, not embed*
     "min_density": 0.0,         # per-layer floor (distribution 'global')
     "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
     "begin_step": 0,
@@ -140,7 +142,7 @@ def _check_regrowth(cfg, given):
     _check_number(cfg, "regrow_end_step", cfg["begin_step"] + 1, None, integer=True)
   if algorithm not in REGROWTH:
     return
-  if granularity.parse(cfg["granularity"], cfg["nm_axis"]).kind == "nm":
+  if granularity.parse(cfg["granularity"], cfg["nm_axis"], cfg["layout"], cfg["channel_axis"]).kind == "nm":
     raise ValueError(f"config.sparsity.granularity: {cfg['granularity']!r} is not supported by {algorithm!r}; "
                      f"use 'unstructured', 'block:RxC' or 'channel'")
   if algorithm in ("set", "rigl"):
@@ -166,7 +168,7 @@ def _check_regrowth(cfg, given):
 
 
 def _check_granularity(cfg):
-  gran = granularity.parse(cfg["granularity"], cfg["nm_axis"])
+  gran = granularity.parse(cfg["granularity"], cfg["nm_axis"], cfg["layout"], cfg["channel_axis"])
   if gran.kind == "nm":
     want = 1.0 - gran.n / gran.m
     if abs(cfg["target"] - want) > 1e-6:

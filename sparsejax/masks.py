@@ -90,6 +90,18 @@ def _parse_rules(prunable) -> list[tuple[re.Pattern, bool]]:
   return rules
 
 
+def is_default_prunable(path: str, x) -> bool:
+  """The default rule: a weight matrix or kernel (ndim >= 2) that is neither a bias nor an embedding.
+
+  >>> is_default_prunable("Dense_0/kernel", np.zeros((3, 4))), is_default_prunable("wte/embedding", np.zeros((9, 4)))
+  (True, False)
+  >>> is_default_prunable("attention/query/bias", np.zeros((4, 16)))
+  False
+  """
+  parts = path.lower().split("/")
+  return np.ndim(x) >= 2 and parts[-1] != "bias" and not any("embed" in part for part in parts)
+
+
 def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> list[str]:
   """Paths of the prunable leaves of `params`.
 
@@ -97,14 +109,16 @@ def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> 
     params: a params tree (dict, FrozenDict, any nesting).
     prunable: regexes matched (re.search) against each leaf's path; the first matching rule wins; a rule starting with
       '!' excludes. A leaf matched by no rule is not prunable. None (the default) selects every floating-point leaf
-      with ndim >= 2. Integer and bool leaves are never prunable, whatever the rules say.
+      with ndim >= 2 except biases (a leaf named `bias`, such as the (heads, head_dim) biases of attention) and
+      embeddings (a path with a part containing `embed`: token and position tables, ViT's patch embedding); see
+      `is_default_prunable`. Integer and bool leaves are never prunable, whatever the rules say.
 
   Raises:
     ValueError: a rule matches no floating-point param path.
   """
   flat = [(p, x) for p, x in flatten_with_paths(pure(params)) if is_float(x)]
   if prunable is None:
-    return [p for p, x in flat if np.ndim(x) >= 2]
+    return [p for p, x in flat if is_default_prunable(p, x)]
   rules = _parse_rules(prunable)
   used = [False] * len(rules)
   chosen = []

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _BITS = 32
@@ -52,42 +53,65 @@ def _bisect(count_at_least, k, init, nbits):
   return lax.fori_loop(0, nbits, body, init)
 
 
-def _select(keys, k, weights, per_layer):
-  """Masks of the top-k keys; k: (L,) when per_layer else (); weights: int per array (group sizes)."""
-  n = len(keys)
-  pick = (lambda v, i: v[i]) if per_layer else (lambda v, i: v)
+_CHUNK = 1024  # row length of the packed layout
 
-  def reduce(counts):
-    return jnp.stack(counts) if per_layer else sum(counts[1:], counts[0])
+
+def _select(keys, k, weights, per_layer):
+  """Masks of the top-k keys; k: (L,) when per_layer else (); weights: int per array (group sizes).
+
+  All arrays are searched together in one packed (rows, chunk) array: each array's keys, flattened and padded with
+  0 (excluded) to whole rows. A count is a row sum followed by a sum over each array's rows, so the compiled search
+  is the same handful of kernels for 2 layers or 200 (one reduction per layer in the loop body made XLA's compile
+  time grow faster than linearly with the number of layers: 4.6 s against 0.9 s for ResNet-20's 22 layers).
+  """
+  n = len(keys)
+  sizes = [int(key.size) for key in keys]
+  chunk = min(_CHUNK, 1 << max(max(sizes) - 1, 0).bit_length())
+  rows = [max(-(-s // chunk), 1) for s in sizes]
+  flat = jnp.concatenate([jnp.pad(key.reshape(-1), (0, r * chunk - s)) for key, r, s in zip(keys, rows, sizes)])
+  flat = flat.reshape(-1, chunk)
+  row_layer = np.repeat(np.arange(n, dtype=np.int32), rows)
+  row_weight = np.repeat(np.asarray(weights, np.int32), rows)
+  weighted = any(w != 1 for w in weights)
+
+  ones = jnp.ones((chunk,), jnp.float32)
 
   def count(pred):
-    return reduce([weights[i] * jnp.sum(pred(i), dtype=jnp.int32) for i in range(n)])
+    # Row sums as a matrix-vector product (exact: a row has at most 1024 ones): XLA:CPU compiles a dot as one
+    # library call, where it splits a reduction into a chain of kernels.
+    c = jnp.dot(pred.astype(jnp.float32), ones).astype(jnp.int32)
+    if weighted:
+      c = c * row_weight
+    if per_layer:
+      return jax.ops.segment_sum(c, row_layer, n, indices_are_sorted=True) if n > 1 else jnp.sum(c, keepdims=True)
+    return jnp.sum(c)
+
+  def per_row(v):  # a value per layer (or one) against every entry of its rows
+    return v[row_layer][:, None] if per_layer else v
 
   shape = (n,) if per_layer else ()
-  t = _bisect(lambda c: count(lambda i: keys[i] >= pick(c, i)), k, jnp.zeros(shape, jnp.uint32), _BITS)
-  above = [keys[i] > pick(t, i) for i in range(n)]
-  tied = [(keys[i] == pick(t, i)) & (keys[i] > 0) for i in range(n)]
-  need = k - count(lambda i: above[i])  # kept from the ties, lowest positions first
-  n_tied = count(lambda i: tied[i])
-
-  sizes = [key.size for key in keys]
-  offsets = [0] * n if per_layer else [sum(sizes[:i]) for i in range(n)]
-  total = max(sizes) if per_layer else sum(sizes)
-  nbits = max(int(total).bit_length(), 1)
-
-  def positions(i):
-    return offsets[i] + jnp.arange(sizes[i], dtype=jnp.int32).reshape(keys[i].shape)
+  k = jnp.minimum(k, count(flat > 0))  # no more than the eligible entries
+  t = _bisect(lambda c: count(flat >= per_row(c)), k, jnp.zeros(shape, jnp.uint32), _BITS)
+  above = flat > per_row(t)
+  tied = (flat == per_row(t)) & (flat > 0)
+  need = k - count(above)  # kept from the ties, lowest positions first
+  n_tied = count(tied)
+  # Packed positions keep the order (earlier array, then lower flat index) within a layer and across layers.
+  positions = lax.broadcasted_iota(jnp.uint32, flat.shape, 0) * jnp.uint32(chunk) + lax.broadcasted_iota(
+      jnp.uint32, flat.shape, 1)
+  nbits = max(int(flat.size).bit_length(), 1)
 
   def split_ties():
     # Smallest bound p with count(tied & pos < p) >= need, found as the largest p with count(tied & pos < p) < need.
     def below(p):
-      return count(lambda i: tied[i] & (positions(i) < pick(p, i).astype(jnp.int32)))
+      return count(tied & (positions < per_row(p)))
     p = _bisect(lambda c: jnp.where(below(c) < need, need, need - 1), need, jnp.zeros(shape, jnp.uint32), nbits)
-    return [tied[i] & (positions(i) <= pick(p, i).astype(jnp.int32)) for i in range(n)]
+    return tied & (positions <= per_row(p))
 
   take_all = jnp.all(n_tied <= need)
-  ties = lax.cond(take_all, lambda: tied, split_ties)
-  return [a | b for a, b in zip(above, ties)]
+  chosen = (above | lax.cond(take_all, lambda: tied, split_ties)).reshape(-1)
+  offsets = np.cumsum([0] + [r * chunk for r in rows])
+  return [chosen[o:o + s].reshape(key.shape) for o, s, key in zip(offsets, sizes, keys)]
 
 
 def _clip_k(k, limit):
@@ -102,9 +126,7 @@ def topk_mask(scores: jax.Array, k, eligible: Optional[jax.Array] = None) -> jax
 def topk_masks(scores: Sequence[jax.Array], ks, eligible: Optional[Sequence] = None) -> list[jax.Array]:
   """Per-array top-k: the ks[i] largest of scores[i], all arrays searched in one loop."""
   keys = _keys(scores, eligible)
-  limits = jnp.array([_eligible_count(key) for key in keys]) if eligible is not None else jnp.array(
-      [key.size for key in keys], jnp.int32)
-  k = jnp.minimum(jnp.stack([_clip_k(x, key.size) for x, key in zip(ks, keys)]), limits)
+  k = jnp.stack([_clip_k(x, key.size) for x, key in zip(ks, keys)])
   return _select(keys, k, [1] * len(keys), per_layer=True)
 
 
@@ -121,10 +143,4 @@ def global_topk_masks(scores: Sequence[jax.Array], k, eligible: Optional[Sequenc
   """
   keys = _keys(scores, eligible)
   weights = [1] * len(keys) if weights is None else [int(w) for w in weights]
-  limit = sum(w * _eligible_count(key) for w, key in zip(weights, keys))
-  return _select(keys, jnp.minimum(_clip_k(k, sum(w * key.size for w, key in zip(weights, keys))), limit),
-                 weights, per_layer=False)
-
-
-def _eligible_count(key):
-  return jnp.sum(key > 0, dtype=jnp.int32)
+  return _select(keys, _clip_k(k, sum(w * key.size for w, key in zip(weights, keys))), weights, per_layer=False)

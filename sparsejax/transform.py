@@ -133,7 +133,17 @@ def _unchecked_part(p, m, step):
     c = -(-n // _CHECK_SLICES)
     start = jnp.minimum((step % _CHECK_SLICES) * c, n - c)
     p, m = lax.dynamic_slice(p, (start,), (c,)), lax.dynamic_slice(m, (start,), (c,))
-  return jnp.any(~m & (p != 0))
+  return _count_true(~m & (p != 0))
+
+
+def _count_true(x) -> jax.Array:
+  """How many entries of a bool array are True, as float32 (exact below 2**24; only compared with 0 here).
+
+  A dot product, not a reduction: XLA:CPU splits every reduction into a chain of up to four kernels, each compiled
+  on its own, while a dot is one library call; for ResNet-20's 22 layers this halves the compile time of the check.
+  """
+  x = x.reshape(-1).astype(jnp.float32)
+  return jnp.dot(x, x)
 
 
 def _check_pruned_zero(params, masks, step) -> jax.Array:
@@ -148,7 +158,7 @@ def _check_pruned_zero(params, masks, step) -> jax.Array:
   bad = masks_lib.mask_leaves(pairs)
   if not bad:
     return jnp.zeros((), jnp.int32)
-  bad = jnp.stack(bad)
+  bad = jnp.stack(bad) > 0
   paths = tuple(masks_lib.mask_paths(masks))
   raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths)  # noqa: E731
   zero = jax.ShapeDtypeStruct((), jnp.int32)
@@ -227,8 +237,11 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
       kept = jax.tree.map(lambda n, o, f: None if n is None else n & o & ~f, new_masks, old, fresh,
                           is_leaf=masks_lib.is_none)
       inner = reset_pruned_state(inner, inner_tx.init(p), kept)
+      if not pruner.grows:  # new masks are a subset of the old ones: nothing is grown, nothing left pending
+        return i + 1, new, inner, jax.tree.map(lambda f: None if f is None else jnp.zeros_like(f), fresh,
+                                               is_leaf=masks_lib.is_none), jnp.zeros((), bool)
       grown = jax.tree.map(lambda n, o: None if n is None else n & ~o, new_masks, old, is_leaf=masks_lib.is_none)
-      any_grown = jnp.any(jnp.stack([jnp.any(x) for x in masks_lib.mask_leaves(grown)] or [jnp.zeros((), bool)]))
+      any_grown = sum((_count_true(x) for x in masks_lib.mask_leaves(grown)), jnp.zeros((), jnp.float32)) > 0
       return i + 1, new, inner, grown, any_grown
 
     # A loop of zero or one iteration instead of lax.cond: a while loop updates its carry in place, so between mask

@@ -87,8 +87,8 @@ def _final_masks(params, **cfg):
 def test_exact_per_layer_counts(distribution, gran):
   params = _params()
   plan, masks = _final_masks(params, target=0.75, distribution=distribution, granularity=gran)
-  for path, shape, s_l, m in zip(plan.paths, plan.shapes, plan.sparsities, masks):
-    groups = plan.gran.num_groups(shape)
+  for path, shape, s_l, m, g in zip(plan.paths, plan.shapes, plan.sparsities, masks, plan.grans):
+    groups = g.num_groups(shape)
     expected = round((1 - s_l) * groups) * (math.prod(shape) // groups)
     assert int(m.sum()) == expected, (path, gran)
     if gran == "channel":  # whole output channels

@@ -53,6 +53,11 @@ class Plan:
   min_density: float
 
   @property
+  def grans(self) -> tuple:
+    """The granularity of each layer, its n:m and channel axes resolved from the layout, path and shape."""
+    return tuple(self.gran.for_layer(p, s) for p, s in zip(self.paths, self.shapes))
+
+  @property
   def sizes(self):
     return tuple(_prod(s) for s in self.shapes)
 
@@ -78,9 +83,9 @@ def make_plan(params: PyTree, cfg: dict) -> Plan:
     raise ValueError("config.sparsity.prunable: no param is prunable")
   leaves = dict(masks_lib.flatten_with_paths(params))
   shapes = tuple(tuple(jnp.shape(leaves[p])) for p in paths)
-  gran = granularity.parse(cfg["granularity"], cfg.get("nm_axis"))
+  gran = granularity.parse(cfg["granularity"], cfg.get("nm_axis"), cfg.get("layout", "flax"), cfg.get("channel_axis"))
   for p, s in zip(paths, shapes):
-    gran.check(p, s)
+    gran.for_layer(p, s)  # validates the layer's shape and axes
   sp = distributions.layer_sparsities(cfg["distribution"], dict(zip(paths, shapes)), cfg["target"],
                                       cfg.get("overrides"))
   return Plan(tuple(paths), shapes, None if sp is None else tuple(sp[p] for p in paths), float(cfg["target"]),
@@ -104,20 +109,20 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
   weights over all layers, after first giving every layer its min_density floor. Only `eligible` entries are kept
   (None: all), which is how monotone schedules never revive a pruned weight.
   """
-  g = plan.gran
-  if g.kind == "nm":
-    keep = jnp.round((1.0 - sparsity_t) * g.m).astype(jnp.int32)
-    return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, s in enumerate(scores)]
-  pooled = [g.pool(s) for s in scores]
-  elig = None if eligible is None else [g.pool(e.astype(jnp.float32)) > 0 for e in eligible]
-  groups = [g.num_groups(s) for s in plan.shapes]
+  grans = plan.grans
+  if plan.gran.kind == "nm":
+    keep = jnp.round((1.0 - sparsity_t) * plan.gran.m).astype(jnp.int32)
+    return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, (g, s) in enumerate(zip(grans, scores))]
+  pooled = [g.pool(s) for g, s in zip(grans, scores)]
+  elig = None if eligible is None else [g.pool(e.astype(jnp.float32)) > 0 for g, e in zip(grans, eligible)]
+  groups = [g.num_groups(s) for g, s in zip(grans, plan.shapes)]
   if plan.sparsities is not None:
     ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
           for i, n in enumerate(groups)]
     chosen = select.topk_masks(pooled, ks, elig)
   else:
     chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig)
-  return [g.expand(c, s) for c, s in zip(chosen, plan.shapes)]
+  return [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
 
 
 def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Array:

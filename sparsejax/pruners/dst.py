@@ -52,18 +52,19 @@ def _groups(gran, mask):
   return gran.pool(mask.astype(jnp.float32)) > 0
 
 
-def drop_and_grow(gran, masks: list, drop_scores: list, grow_scores: list, fraction) -> list:
-  """One prune-and-regrow step at constant per-layer counts (in groups of `gran`).
+def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, fraction) -> list:
+  """One prune-and-regrow step at constant per-layer counts (in groups of each layer's granularity, `plan.grans`).
 
   Per layer, with nnz kept groups and n_drop = round(fraction * nnz): keep the nnz - n_drop kept groups with the
   highest drop score, then grow the n_drop groups with the highest grow score among all groups not in that kept set.
   """
-  kept = [_groups(gran, m) for m in masks]
+  kept = [_groups(g, m) for g, m in zip(grans, masks)]
   nnz = [jnp.sum(k, dtype=jnp.int32) for k in kept]
   n_drop = [jnp.round(fraction * n).astype(jnp.int32) for n in nnz]
-  survive = select.topk_masks([gran.pool(s) for s in drop_scores], [n - d for n, d in zip(nnz, n_drop)], kept)
-  grown = select.topk_masks([gran.pool(s) for s in grow_scores], n_drop, [~s for s in survive])
-  return [gran.expand(s | g, m.shape) for s, g, m in zip(survive, grown, masks)]
+  survive = select.topk_masks([g.pool(s) for g, s in zip(grans, drop_scores)], [n - d for n, d in zip(nnz, n_drop)],
+                              kept)
+  grown = select.topk_masks([g.pool(s) for g, s in zip(grans, grow_scores)], n_drop, [~s for s in survive])
+  return [g.expand(s | r, m.shape) for g, s, r, m in zip(grans, survive, grown, masks)]
 
 
 def _magnitudes(params, plan):
@@ -96,7 +97,7 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
   def update(params, grads, state, step):
     plan = init_plan(params, cfg, cfg["target"])
     grow, rng = growth(params, grads, plan, state.rng)
-    new = drop_and_grow(plan.gran, base.leaves_at(state.masks, plan.paths), _magnitudes(params, plan), grow,
+    new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), _magnitudes(params, plan), grow,
                         drop(step))
     return state._replace(masks=base.from_leaves(params, plan, new), rng=rng)
 
@@ -152,7 +153,7 @@ def granet(cfg: dict) -> base.Pruner:
                       lambda: base.select_masks(plan, mags, sched.sparsity(step), eligible=old), lambda: old)
     grow = [jnp.abs(g) for g in base.leaves_at(grads, plan.paths)]
     new = lax.cond(on_grid(step, begin, regrow_end, every),
-                   lambda: drop_and_grow(plan.gran, pruned, mags, grow, drop(step)), lambda: pruned)
+                   lambda: drop_and_grow(plan.grans, pruned, mags, grow, drop(step)), lambda: pruned)
     return state._replace(masks=base.from_leaves(params, plan, new))
 
   return base.Pruner(init, lambda t: sched.is_update(t) | on_grid(t, begin, regrow_end, every), update, None, cfg,
