@@ -27,9 +27,13 @@ setuptools.setup(
     name="sparsejax",
     version="0.1.0",
     description="Sparse neural network training in JAX: GMP, lottery tickets, DST and pruning at init.",
-    # experiments/ and configs/ run from the repository (`python -m experiments.train`); a top-level package named
-    # `experiments` in users' site-packages would shadow their own.
-    packages=setuptools.find_packages(include=["sparsejax", "sparsejax.*"]),
+    # experiments/ runs from the repository (`python -m experiments.train`): a top-level package named `experiments`
+    # in users' site-packages would shadow their own. The launcher is `sparsejax.launch` (the `sparsejax-train`
+    # command) and the shipped configs install as `sparsejax.configs` (from configs/), so a pip install can launch
+    # them by name: `sparsejax-train --config=mnist1d_mlp_gmp --workdir=...`.
+    packages=setuptools.find_packages(include=["sparsejax", "sparsejax.*"]) + ["sparsejax.configs"],
+    package_dir={"sparsejax.configs": "configs"},
+    entry_points={"console_scripts": ["sparsejax-train=sparsejax.launch:main"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -8,11 +8,11 @@ from sparsejax import distributions, granularity, masks, schedules, select
 from sparsejax.masks import apply_masks, create_masks, summary
 from sparsejax.pruners import REGISTRY, Pruner, PrunerState, create_pruner
 from sparsejax.pruners.pai import layer_collapse, prune_at_init
-from sparsejax.transform import SparseState, get_masks, get_step, set_masks, sparse_init, sparsify
+from sparsejax.transform import SparseState, get_masks, get_step, hyperparams, set_masks, sparse_init, sparsify
 
 __all__ = [
     "apply_masks", "create_masks", "create_pruner", "distributions", "get_masks", "get_step", "granularity",
-    "layer_collapse", "masks", "prune_at_init", "Pruner", "PrunerState", "REGISTRY", "schedules", "select", "set_masks",
-    "sparse_init", "SparseState", "sparsify", "summary",
+    "hyperparams", "layer_collapse", "masks", "prune_at_init", "Pruner", "PrunerState", "REGISTRY", "schedules",
+    "select", "set_masks", "sparse_init", "SparseState", "sparsify", "summary",
 ]
 __version__ = "0.1.0"

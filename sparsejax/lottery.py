@@ -142,9 +142,10 @@ class Lottery:
     self.step_fn = train_lib.make_train_step(setup.model, setup.tx, setup.mesh, self.training.label_smoothing)
     fresh = train_lib.create_train_state(setup.config, setup.model, setup.dataset,
                                          jax.random.PRNGKey(setup.config.seed), setup.tx, setup.mesh)
-    # Training donates the state's buffers: keep a host copy of the initial state and an abstract restore target.
-    self.initial = jax.device_get(fresh)
-    self.target = checkpoint.abstract_like(fresh)
+    # Level 0 trains dense: its all-True masks are installed like any level's (the imp pruner refuses to start
+    # without). Training donates the state's buffers: keep a host copy of the initial state and a restore target.
+    self.target = checkpoint.abstract_like(fresh)  # the shardings of the jitted init, which every run keeps
+    self.initial = jax.device_get(with_masks(fresh, sj.get_masks(fresh.opt_state)))
     self.snapshot = self.initial if self.k == 0 else None
 
   # -- the state each run starts from -------------------------------------------------------------------------

@@ -110,8 +110,16 @@ def reset_pruned_state(state: PyTree, fresh: PyTree, keep: PyTree) -> PyTree:
   return treedef.unflatten(leaves)
 
 
-def _raise_if_pruned_nonzero(bad, paths):
+def _raise_if_pruned_nonzero(bad, paths, algorithm):
   bad = np.asarray(bad)
+  if bad[-1]:
+    raise ValueError(
+        f"sparsejax.sparsify: algorithm {algorithm!r} computes its masks outside the optimizer, and none were "
+        "installed before the first update, so this run would train dense. Install them first: for snip, grasp and "
+        "synflow `masks = sj.prune_at_init(pruner, apply_fn, params, batches)` (or loss_fn=...), then "
+        "`opt_state = sj.set_masks(opt_state, masks)` and `params = sj.apply_masks(params, masks)`; for imp, "
+        "`sj.set_masks` with the level's masks (all True for the dense level 0).")
+  bad = bad[:-1]
   if bad.any():
     layers = [p for p, b in zip(paths, bad) if b]
     raise ValueError(f"sparsejax.sparsify: update() was given params that are nonzero at pruned weights in "
@@ -146,8 +154,9 @@ def _count_true(x) -> jax.Array:
   return jnp.dot(x, x)
 
 
-def _check_pruned_zero(params, masks, step) -> jax.Array:
-  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`.
+def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="") -> jax.Array:
+  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`, or if
+  `uninstalled` (a bool scalar, or None) is true: masks that must come from outside were never installed.
 
   Every weight is looked at within _CHECK_SLICES steps (small layers at every step). Returns an int32 0 that the caller
   must use (a pure callback whose result is unused would be removed). A pure callback, not `jax.debug.callback`: a
@@ -156,11 +165,12 @@ def _check_pruned_zero(params, masks, step) -> jax.Array:
   pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step), masks, params,
                        is_leaf=masks_lib.is_none)
   bad = masks_lib.mask_leaves(pairs)
-  if not bad:
+  if not bad and uninstalled is None:
     return jnp.zeros((), jnp.int32)
-  bad = jnp.stack(bad) > 0
+  bad = jnp.concatenate([jnp.stack(bad or [jnp.zeros((), jnp.float32)]) > 0,
+                         jnp.reshape(False if uninstalled is None else uninstalled, (1,))])
   paths = tuple(masks_lib.mask_paths(masks))
-  raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths)  # noqa: E731
+  raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths, algorithm)  # noqa: E731
   zero = jax.ShapeDtypeStruct((), jnp.int32)
   return lax.cond(jnp.any(bad), lambda b: jax.pure_callback(raise_fn, zero, b), lambda b: jnp.zeros((), jnp.int32),
                   bad)
@@ -215,7 +225,9 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     if params is None:
       raise ValueError("sparsify: update needs params (tx.update(grads, state, params))")
     pstate, step = state.pruner, state.count
-    checked = _check_pruned_zero(params, pstate.masks, step)
+    # Masks that come from outside (snip, grasp, synflow, imp) must be installed (set_masks) before the first update.
+    uninstalled = (step == 0) & ~state.pending if pruner.installs else None
+    checked = _check_pruned_zero(params, pstate.masks, step, uninstalled, pruner.config.get("algorithm", ""))
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
     scheduled = pruner.is_update(step)
@@ -276,20 +288,86 @@ def sparse_init(tx: optax.GradientTransformation, params: PyTree) -> tuple[PyTre
   return masks_lib.apply_masks(params, get_masks(opt_state)), opt_state
 
 
+_FIELDS = frozenset(SparseState._fields)
+
+
+def _children(x) -> list:
+  if hasattr(x, "keys") and callable(x.keys) and hasattr(x, "__getitem__"):  # dict, FrozenDict, nnx.State
+    return [x[k] for k in x.keys()]
+  if isinstance(x, (list, tuple)):
+    return list(x)
+  children = jax.tree.flatten(x, is_leaf=lambda y: y is not x)[0]
+  return [] if len(children) == 1 and children[0] is x else children
+
+
+def _is_state_like(x) -> bool:
+  """A SparseState, or what it becomes as a mapping: restored by orbax without a target, or in `nnx.state(...)`."""
+  return _is_sparse_state(x) or (hasattr(x, "keys") and callable(x.keys) and set(x.keys()) == _FIELDS)
+
+
 def _find(opt_state):
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_sparse_state) if _is_sparse_state(x)]
+  found, todo = [], [opt_state]
+  while todo:
+    x = todo.pop()
+    if _is_state_like(x):
+      found.append(x)
+    elif x is not None:
+      todo.extend(_children(x))
   if len(found) != 1:
     raise ValueError(f"expected exactly one sparsify state in the optimizer state, found {len(found)}")
   return found[0]
 
 
-def get_masks(opt_state) -> PyTree:
-  """The mask tree (bool arrays, None where not prunable) held by a `sparsify` optimizer state (also NNX's)."""
-  return masks_lib.pure(_find(opt_state).pruner.masks)
+def _field(state, name):
+  return state[name] if hasattr(state, "keys") and callable(state.keys) else getattr(state, name)
+
+
+def _plain(tree):
+  return masks_lib.pure(tree)
+
+
+def get_masks(opt_state, like: PyTree = None) -> PyTree:
+  """The mask tree (bool arrays, None where not prunable) held by a `sparsify` optimizer state.
+
+  `opt_state` may be the state itself, any tree that holds it (`optax.chain`, `MultiSteps`, a Flax TrainState,
+  `nnx.Optimizer.opt_state`), `nnx.state(optimizer)`, or the nested dicts that orbax restores without a target. The
+  last two drop the None leaves: the masks then come as nested dicts of the prunable leaves only; pass
+  `like=params` to get them back in the shape of params, with None elsewhere.
+  """
+  masks = _plain(_field(_field(_find(opt_state), "pruner"), "masks"))
+  if like is None:
+    return masks
+  by_path = dict(masks_lib.flatten_with_paths(masks))
+  paths = [p for p, _ in masks_lib.flatten_with_paths(masks_lib.pure(like))]
+  missing = sorted(set(by_path) - set(paths))
+  if missing:
+    raise ValueError(f"get_masks(like=...): masks at {missing} have no param of that path; param paths are {paths}")
+  return masks_lib.map_prunable(lambda p, _: by_path[p], like, list(by_path))
 
 
 def get_step(opt_state) -> jax.Array:
-  return masks_lib.pure(_find(opt_state).count)
+  return _plain(_field(_find(opt_state), "count"))
+
+
+def hyperparams(opt_state) -> dict:
+  """The hyperparameters of the optimizer inside `sparsify`: the `hyperparams` dict of its
+  `optax.inject_hyperparams` state, the object itself, so that assigning to it (outside jit) changes them, as in optax.
+
+  >>> import optax, sparsejax as sj, jax.numpy as jnp
+  >>> tx = sj.sparsify(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), sj.create_pruner({}))
+  >>> state = tx.init({"w": jnp.ones((2, 2))})
+  >>> sj.hyperparams(state)["learning_rate"] = 0.01
+  >>> float(sj.hyperparams(state)["learning_rate"])
+  0.01
+  """
+  inner = _field(_find(opt_state), "inner")
+  is_hp = lambda x: isinstance(x, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))  # noqa: E731
+  found = [x for x in jax.tree.leaves(inner, is_leaf=is_hp) if is_hp(x)]
+  if len(found) != 1:
+    raise ValueError(f"sj.hyperparams: the optimizer inside sparsify holds {len(found)} optax.inject_hyperparams "
+                     "states; it needs exactly one, e.g. sj.sparsify(optax.inject_hyperparams(optax.adam)("
+                     "learning_rate=1e-3), pruner)")
+  return found[0].hyperparams
 
 
 def set_masks(opt_state, masks: PyTree):

@@ -39,8 +39,11 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
-def _prunable(x) -> bool:
-  return x is not None and _is_float(x) and x.ndim >= 2
+def _prunable(x, path="") -> bool:
+  """The default rule: floating point, ndim >= 2, not a bias (last key 'bias'), not an embedding (a key with 'embed')."""
+  parts = path.lower().split("/")
+  return (x is not None and _is_float(x) and x.ndim >= 2 and parts[-1] != "bias"
+          and not any("embed" in q for q in parts))
 
 
 def _path(keypath) -> str:
@@ -63,8 +66,8 @@ def _leaves_with_none(tree):
 
 
 def _prunable_layers(params):
-  """[(path, shape)] of the leaves sparsejax prunes by default: floating point, ndim >= 2, in tree order."""
-  return [(p, tuple(x.shape)) for p, x in _leaves_with_none(params) if _prunable(x)]
+  """[(path, shape)] of the leaves sparsejax prunes by default (`_prunable`), in tree order."""
+  return [(p, tuple(x.shape)) for p, x in _leaves_with_none(params) if _prunable(x, p)]
 
 
 def _make_array(rng, shape, dtype, values):
@@ -112,7 +115,7 @@ def param_trees(draw):
   order = draw(st.permutations(range(len(specs))))
   specs = [specs[i] for i in order]
   if not draw(st.booleans()):
-    specs = dict(zip(["layer", "x", "y", "z", "bias", "head", "out"], specs))
+    specs = dict(zip(["layer", "x", "y", "z", "w", "head", "out"], specs))
   return jax.tree.map(make, specs, is_leaf=lambda x: x is None or isinstance(x, tuple))
 
 
@@ -165,13 +168,13 @@ def _mask_dict(masks):
 
 @settings(max_examples=25, **SETTINGS)
 @given(params=param_trees())
-def test_create_masks_marks_only_floating_leaves_of_ndim_at_least_2(params):
+def test_create_masks_marks_only_the_default_prunable_leaves(params):
   masks = sj.create_masks(params)
   got = _leaves_with_none(masks)
   want = _leaves_with_none(params)
   assert [p for p, _ in got] == [p for p, _ in want]
   for (path, m), (_, x) in zip(got, want):
-    if _prunable(x):
+    if _prunable(x, path):
       assert m is not None and m.dtype == jnp.bool_ and m.shape == x.shape and bool(jnp.all(m)), path
     else:
       assert m is None, path  # None leaves, vectors and every int leaf

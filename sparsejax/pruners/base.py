@@ -33,6 +33,8 @@ class Pruner(NamedTuple):
   config: the validated sparsity config as a dict.
   grows: whether `update` may keep a weight that the old masks pruned (SET, RigL, GraNet). False promises that new
     masks are a subset of the old ones, which lets `sparsify` skip a copy of the masks at every step.
+  installs: whether the masks come from outside the optimizer (`sj.set_masks`: SNIP, GraSP, SynFlow, IMP); the first
+    update then raises if none were installed, instead of training dense.
   """
   init: Callable
   is_update: Callable
@@ -40,6 +42,7 @@ class Pruner(NamedTuple):
   observe: Optional[Callable]
   config: dict
   grows: bool = False
+  installs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ def dense(cfg: dict) -> base.Pruner:
 
 def fixed(cfg: dict) -> base.Pruner:
   """Masks that only change when a driver sets them (`sj.set_masks`): IMP levels, masks found at initialisation."""
-  return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)
+  return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)._replace(installs=True)
 
 
 def oneshot(cfg: dict) -> base.Pruner:

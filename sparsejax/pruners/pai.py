@@ -54,14 +54,15 @@ def fixed_pruner(cfg: dict) -> base.Pruner:
     del params, grads, step  # masks are fixed at initialisation
     return state
 
-  return base.Pruner(init, schedules.constant(0.0).is_update, update, None, cfg)
+  return base.Pruner(init, schedules.constant(0.0).is_update, update, None, cfg,
+                     installs=cfg["algorithm"] != "random")
 
 
 def _as_xy(batch):
   if isinstance(batch, dict):
     return jnp.asarray(batch["image"]), jnp.asarray(batch["label"]) if "label" in batch else None
   x, y = batch
-  return jnp.asarray(x), jnp.asarray(y)
+  return jnp.asarray(x), None if y is None else jnp.asarray(y)
 
 
 def _take(batches: Optional[Iterable], n: int, algorithm: str, labels: bool = True) -> list:
@@ -73,6 +74,25 @@ def _take(batches: Optional[Iterable], n: int, algorithm: str, labels: bool = Tr
   if labels and any(y is None for _, y in taken):
     raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs labelled batches ({{'image', 'label'}} dicts)")
   return taken
+
+
+def _take_any(batches: Optional[Iterable], n: int, algorithm: str) -> list:
+  if batches is None:
+    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs batches for loss_fn")
+  taken = list(itertools.islice(iter(batches), n))
+  if len(taken) < n:
+    raise ValueError(f"config.sparsity.num_batches={n} but prune_at_init was given {len(taken)} batch(es)")
+  return taken
+
+
+def _scalar_loss(loss_fn: Callable) -> Callable:
+  """loss_fn whose output is a scalar loss, or a tuple (list) whose first element is."""
+
+  def fn(params, batch):
+    out = loss_fn(params, batch)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+  return fn
 
 
 def synflow_masks(plan: base.Plan, apply_fn: Callable, params: PyTree, input_shape, iterations: int) -> list:
@@ -99,18 +119,37 @@ def _synflow_rounds(plan, apply_fn, input_shape, iterations, params):
   return lax.fori_loop(0, iterations, round_, [jnp.ones(s, bool) for s in plan.shapes])
 
 
+def _logits(apply_fn: Callable) -> Callable:
+  """apply_fn whose output is the logits, or a tuple (list) whose first element is (Flax's (out, mutated state),
+  a model returning (logits, aux))."""
+
+  def fn(params, x):
+    out = apply_fn(params, x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+  return fn
+
+
 def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyTree, batches: Optional[Iterable],
-                  rng: Optional[jax.Array] = None) -> PyTree:
+                  rng: Optional[jax.Array] = None, *, loss_fn: Optional[Callable] = None,
+                  input_shape: Optional[tuple] = None) -> PyTree:
   """Masks for `params` at initialisation from the pruner's config.
 
   Args:
     pruner: from `sparsejax.create_pruner`; its algorithm is one of AT_INIT.
-    apply_fn: apply_fn(params, x) -> logits in eval mode (BatchNorm statistics closed over). Unused by random,
-      oneshot and dense.
+    apply_fn: apply_fn(params, x) -> logits in eval mode (BatchNorm statistics closed over); a tuple or list output
+      counts by its first element. SNIP and GraSP use it through softmax cross-entropy unless `loss_fn` is given;
+      SynFlow always uses it. Unused by random, oneshot and dense (None is fine there, and with `loss_fn` for SNIP
+      and GraSP).
     params: the initial params (the inner `variables["params"]` tree).
-    batches: an iterable of {"image", "label"} dicts or (x, y) pairs; SNIP and GraSP use the first `num_batches`,
-      SynFlow only the input shape of the first; None is fine for random, oneshot and dense.
+    batches: an iterable of batches; SNIP and GraSP use the first `num_batches`, SynFlow only the input shape of the
+      first; None is fine for random, oneshot and dense. Without `loss_fn`: {"image", "label"} dicts or (x, y) pairs.
+      With `loss_fn`: any format, given to it as they come.
     rng: PRNG key of the random scores; None: PRNGKey(config seed), the key of the `random` pruner's own init.
+    loss_fn: optional `loss_fn(params, batch) -> scalar loss` (or `(loss, aux)`) that SNIP and GraSP differentiate
+      instead of the built-in cross-entropy (GraSP's `temperature` then is yours to apply).
+    input_shape: SynFlow's input shape without the batch axis; None: that of the first batch's inputs
+      ({"image"} or (x, y)).
 
   Returns:
     A mask tree like params: bool arrays on the prunable leaves, None elsewhere.
@@ -121,18 +160,25 @@ def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyT
     raise ValueError(f"config.sparsity.algorithm: prune_at_init supports {AT_INIT}, got {algorithm!r}")
   plan = base.make_plan(params, cfg)
   prunable = masks_lib.map_prunable(lambda _, x: jnp.ones(jnp.shape(x), bool), params, plan.paths)
+  if algorithm in ("snip", "grasp", "synflow") and apply_fn is None and (loss_fn is None or algorithm == "synflow"):
+    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs apply_fn(params, x)"
+                     + (" (or loss_fn(params, batch))" if algorithm != "synflow" else ""))
   if algorithm == "synflow":
-    x, _ = _take(batches, 1, algorithm, labels=False)[0]
-    kept = synflow_masks(plan, apply_fn, params, x.shape[1:], cfg["iterations"])
+    if input_shape is None:
+      x, _ = _take(batches, 1, algorithm, labels=False)[0]
+      input_shape = x.shape[1:]
+    kept = synflow_masks(plan, _logits(apply_fn), params, tuple(input_shape), cfg["iterations"])
     return base.from_leaves(params, plan, kept)
   if algorithm == "random":  # with rng None, the masks the `random` pruner's own init draws
     key = jax.random.PRNGKey(cfg["seed"]) if rng is None else rng
     return base.from_leaves(params, plan, dst.random_masks(plan, key))
-  if algorithm == "snip":
-    tree = scores.snip(scores.cross_entropy(apply_fn), params, _take(batches, cfg["num_batches"], algorithm), prunable)
-  elif algorithm == "grasp":
-    loss_fn = scores.cross_entropy(apply_fn, cfg["temperature"])
-    tree = scores.grasp(loss_fn, params, _take(batches, cfg["num_batches"], algorithm), prunable)
+  if algorithm in ("snip", "grasp"):
+    if loss_fn is None:
+      loss, taken = scores.cross_entropy(_logits(apply_fn), cfg["temperature"] if algorithm == "grasp" else 1.0), \
+          _take(batches, cfg["num_batches"], algorithm)
+    else:
+      loss, taken = _scalar_loss(loss_fn), _take_any(batches, cfg["num_batches"], algorithm)
+    tree = (scores.snip if algorithm == "snip" else scores.grasp)(loss, params, taken, prunable)
   else:  # oneshot (magnitude at init) and dense (target 0: everything kept)
     tree = scores.magnitude(params, prunable)
   target = cfg["target"] if algorithm != "dense" else 0.0
