@@ -2,15 +2,14 @@
 
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
-jitted update (a while loop of zero or one iteration, which leaves masks and optimizer state in place between
-updates): no re-trace, no host round trip; in the same loop it resets the inner optimizer's
-state of every weight not kept both before and after this step to what `tx.init` gives (Adagrad's 0.1, not 0), so a
-pruned weight carries no stale moment, and it resets a weight grown at one mask update again at the next step, so
-that the weight starts its first real update from exactly tx.init's state; (3) masks the gradients, so the state of
-pruned weights sees only zero gradients; (4) runs the inner optimizer, passing on any extra arguments (`value`,
-`grad`, `value_fn`); and (5) returns updates that take every pruned weight to exactly 0 and never move it: for a
-pruned weight the update is -w, and w + (-w) == 0 exactly in floating point. A weight grown at this step stays 0
-until the next step.
+jitted update (a while loop of zero or one iteration, which leaves the masks in place between updates): no
+re-trace, no host round trip; (3) masks the gradients to the weights kept at this step (a weight grown now waits
+one step at 0), so the state of pruned weights sees only zero gradients; (4) runs the inner optimizer, passing on
+any extra arguments (`value`, `grad`, `value_fn`); (5) sets the inner optimizer's state of every weight not kept to
+what `tx.init` gives (Adagrad's 0.1, not 0), in the same elementwise pass, so a pruned weight carries no stale
+moment and a weight grown later starts its first real update from exactly tx.init's state; and (6) returns updates
+that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w, and
+w + (-w) == 0 exactly in floating point.
 
 Which leaves of the inner optimizer's state belong to which weight is found by path and shape (`state_slots`), so any
 layout works: `optax.chain`, `multi_transform`, `masked`, `MultiSteps`, `inject_hyperparams`, a bare array as params.
@@ -44,8 +43,12 @@ class SparseState(NamedTuple):
   """The `sparsify` optimizer state.
 
   count: updates done so far (the step). pruner: masks and the pruner's arrays. inner: the wrapped optimizer's state.
-  fresh: bool tree like the masks: weights whose inner state is reset to tx.init's before the next update (the
-    weights grown at the last mask update, or those `set_masks` pruned or grown). pending: whether any is.
+  fresh: bool tree like the masks: the weights grown at the last mask update (they wait one step, at 0, before
+    their first real update); it counts only at that update's step. pending: whether masks were installed from
+    outside (`set_masks`); the pruners whose masks come from outside (snip, grasp, synflow, imp) refuse a first
+    update without.
+
+  Between steps, the inner optimizer's state of every weight not kept equals what `tx.init` gives.
   """
   count: jax.Array
   pruner: PrunerState
@@ -233,45 +236,37 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     scheduled = pruner.is_update(step)
 
     def refresh(carry):
-      i, ps, inner, fresh, _ = carry
+      i, ps, fresh = carry
       # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
       # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs
       # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
-      p, g, ps, fresh, _ = lax.optimization_barrier((params, grads, ps, fresh, i))
-      # At a schedule step, masks are recomputed from this step's weights and dense gradients; otherwise (a reset
-      # left pending) they stay. A select, not a nested cond, which would copy the masks at every step; the price is
-      # that a pending-only step (the step after a growth, or after set_masks) computes one discarded update.
-      new = jax.tree.map(lambda a, b: jnp.where(scheduled, a, b), pruner.update(p, g, ps, step), ps)
-      old, new_masks = ps.masks, new.masks
-      # keep = new & old: a weight grown now stays exactly 0 for this step. The state of every weight not kept, and
-      # of the fresh ones, is reset to tx.init's before this step's update; the weights grown now are reset again
-      # before the next one, their first real update, so that they start it from exactly tx.init's state.
-      kept = jax.tree.map(lambda n, o, f: None if n is None else n & o & ~f, new_masks, old, fresh,
-                          is_leaf=masks_lib.is_none)
-      inner = reset_pruned_state(inner, inner_tx.init(p), kept)
-      if not pruner.grows:  # new masks are a subset of the old ones: nothing is grown, nothing left pending
-        return i + 1, new, inner, jax.tree.map(lambda f: None if f is None else jnp.zeros_like(f), fresh,
-                                               is_leaf=masks_lib.is_none), jnp.zeros((), bool)
-      grown = jax.tree.map(lambda n, o: None if n is None else n & ~o, new_masks, old, is_leaf=masks_lib.is_none)
-      any_grown = sum((_count_true(x) for x in masks_lib.mask_leaves(grown)), jnp.zeros((), jnp.float32)) > 0
-      return i + 1, new, inner, grown, any_grown
+      p, g, ps, _ = lax.optimization_barrier((params, grads, ps, i))
+      new = pruner.update(p, g, ps, step)
+      if pruner.grows:  # the weights grown now stay exactly 0 for this step (keep = new & old = new & ~grown)
+        fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, new.masks, ps.masks,
+                             is_leaf=masks_lib.is_none)
+      return i + 1, new, fresh
 
     # A loop of zero or one iteration instead of lax.cond: a while loop updates its carry in place, so between mask
-    # updates masks and optimizer state pass through untouched, where a cond copies them twice per step on XLA:CPU.
-    # Its counter starts at the check's result (0): the check then reads the masks before the loop can update them
-    # in place, and XLA need not copy masks and params to keep them for it.
-    _, pstate, inner, fresh, pending = lax.while_loop(
-        lambda c: (c[0] == 0) & (scheduled | state.pending), refresh,
-        (checked, pstate, state.inner, state.fresh, jnp.zeros((), bool)))
-    if pruner.grows:  # keep = new & old = new & ~grown
-      keep = jax.tree.map(lambda m, f: None if m is None else m & ~f, pstate.masks, fresh, is_leaf=masks_lib.is_none)
-    else:  # nothing grows (fresh is all False after the loop): the masks are kept as they are
+    # updates masks pass through untouched, where a cond copies them twice per step on XLA:CPU. Its counter starts
+    # at the check's result (0): the check then reads the masks before the loop can update them in place, and XLA
+    # need not copy masks and params to keep them for it.
+    _, pstate, fresh = lax.while_loop(lambda c: (c[0] == 0) & scheduled, refresh, (checked, pstate, state.fresh))
+    if pruner.grows:  # `fresh` holds the weights grown at the last mask update; it counts only at that step
+      keep = jax.tree.map(lambda m, f: None if m is None else m & ~(f & scheduled), pstate.masks, fresh,
+                          is_leaf=masks_lib.is_none)
+    else:
       keep = pstate.masks
     # The state of pruned weights sees only zero gradients; what fuses with the optimizer's own elementwise pass is
-    # the gradient mask and the final select.
-    updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), inner, params, **extra_args)
+    # the gradient mask, the reset of the state of the weights not kept and the final select.
+    updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), state.inner, params, **extra_args)
+    # Every weight not kept leaves this step with tx.init's state: a weight pruned now drops its moments, and a weight
+    # grown later starts its first real update from exactly tx.init's state, even for optimizers whose state moves
+    # under zero gradients (rmsprop's initial_scale, Adafactor, L-BFGS).
+    inner = reset_pruned_state(inner, inner_tx.init(params), keep)
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
+    pending = state.pending
     return updates, SparseState(step + 1, pstate, inner, fresh, pending)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -380,7 +375,7 @@ def set_masks(opt_state, masks: PyTree):
 
   def swap(x):
     if _is_sparse_state(x):
-      fresh = jax.tree.map(lambda n, o: None if n is None else ~(n & o), masks, x.pruner.masks,
+      fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros(jnp.shape(m), bool), masks,
                            is_leaf=masks_lib.is_none)
       return x._replace(pruner=x.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
     return x
