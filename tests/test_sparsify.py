@@ -1,4 +1,6 @@
 """sparsify(): one call per step, pruned weights exactly 0 with every optimizer, no re-trace, config validation."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,5 +203,9 @@ def test_scores_are_computed_only_inside_the_mask_update(algorithm):
   hlo = _make_step(tx, loss, []).lower(params, tx.init(params)).compile().as_text()
   entry = hlo[hlo.index("ENTRY"):]
   entry = entry[:entry.index("\n}\n")]
-  assert "u32[12,16]" not in entry and "u32[16,3]" not in entry
-  assert "u32[12,16]" in hlo  # the keys exist, inside the update's sub-computation
+
+  def u32_sizes(text):
+    return [int(np.prod([int(d) for d in dims.split(",") if d])) for dims in re.findall(r"u32\[([\d,]*)\]", text)]
+
+  assert max(u32_sizes(entry), default=0) <= 4  # PRNG keys at most, no sort keys of the weights
+  assert max(u32_sizes(hlo)) >= 12 * 16  # the keys exist, inside the update's sub-computation

@@ -105,27 +105,34 @@ def from_leaves(params: PyTree, plan: Plan, arrays) -> PyTree:
   return masks_lib.map_prunable(lambda p, _: by_path[p], params, plan.paths)
 
 
-def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] = None) -> list:
+def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] = None,
+                 score_fn: Optional[Callable] = None) -> list:
   """Masks (a list in plan order) keeping the highest scores at overall sparsity `sparsity_t`.
 
   Per-layer distributions keep round((1 - s_l) * groups) groups of each layer; 'global' keeps round((1 - s) * total)
   weights over all layers, after first giving every layer its min_density floor. Only `eligible` entries are kept
-  (None: all), which is how monotone schedules never revive a pruned weight.
+  (None: all), which is how monotone schedules never revive a pruned weight. With `score_fn` (an elementwise
+  function such as jnp.abs), `scores` are the raw arrays it scores: unstructured selection then applies it once to
+  all layers packed together (one compiled kernel instead of one per layer).
   """
   grans = plan.grans
+  unstructured = plan.gran.kind == "unstructured"
+  if score_fn is not None and not unstructured:
+    scores, score_fn = [score_fn(s) for s in scores], None
   if plan.gran.kind == "nm":
     keep = jnp.round((1.0 - sparsity_t) * plan.gran.m).astype(jnp.int32)
     return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, (g, s) in enumerate(zip(grans, scores))]
-  pooled = [g.pool(s) for g, s in zip(grans, scores)]
-  elig = None if eligible is None else [g.pool(e.astype(jnp.float32)) > 0 for g, e in zip(grans, eligible)]
+  pooled = scores if unstructured else [g.pool(s) for g, s in zip(grans, scores)]
+  elig = eligible if unstructured or eligible is None else [
+      g.pool(e.astype(jnp.float32)) > 0 for g, e in zip(grans, eligible)]
   groups = [g.num_groups(s) for g, s in zip(grans, plan.shapes)]
   if plan.sparsities is not None:
     ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
           for i, n in enumerate(groups)]
-    chosen = select.topk_masks(pooled, ks, elig)
+    chosen = select.topk_masks(pooled, ks, elig, score_fn)
   else:
-    chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig)
-  return [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
+    chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig, score_fn)
+  return chosen if unstructured else [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
 
 
 def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Array:
@@ -135,15 +142,15 @@ def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Arra
   return jnp.where(at_target, distributions.keep_count(final, size), distributions.keep_count(current, size))
 
 
-def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig):
+def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=None):
   sizes = [_prod(s) for s in plan.shapes]
   weights = [n // k for n, k in zip(sizes, groups)]
   k = _count(plan, sparsity_t, plan.target, sparsity_t, sum(sizes))
   if plan.min_density <= 0:
-    return select.global_topk_masks(pooled, k, elig, weights)
+    return select.global_topk_masks(pooled, k, elig, weights, score_fn)
   floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]
-  floor_masks = select.topk_masks(pooled, floors, elig)
+  floor_masks = select.topk_masks(pooled, floors, elig, score_fn)
   rest_elig = [~f if e is None else e & ~f for f, e in zip(floor_masks, elig or [None] * len(pooled))]
   used = sum(w * jnp.sum(f, dtype=jnp.int32) for w, f in zip(weights, floor_masks))
-  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights)
+  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights, score_fn)
   return [a | b for a, b in zip(floor_masks, rest)]

@@ -49,37 +49,42 @@ def random_masks(plan: base.Plan, key) -> list:
 
 
 def _groups(gran, mask):
-  return gran.pool(mask.astype(jnp.float32)) > 0
+  return mask if gran.kind == "unstructured" else gran.pool(mask.astype(jnp.float32)) > 0
 
 
-def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, fraction) -> list:
+def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, fraction, drop_fn=None,
+                  grow_fn=None) -> list:
   """One prune-and-regrow step at constant per-layer counts (in groups of each layer's granularity, `plan.grans`).
 
   Per layer, with nnz kept groups and n_drop = round(fraction * nnz): keep the nnz - n_drop kept groups with the
   highest drop score, then grow the n_drop groups with the highest grow score among all groups not in that kept set.
+  drop_fn / grow_fn: optional elementwise functions of the raw drop / grow arrays (jnp.abs), applied to all layers
+  at once when unstructured. The kept counts come from the selection's packed arrays (no reduction per layer).
   """
+  unstructured = all(g.kind == "unstructured" for g in grans)
+  if not unstructured:
+    drop_scores = drop_scores if drop_fn is None else [drop_fn(s) for s in drop_scores]
+    grow_scores = grow_scores if grow_fn is None else [grow_fn(s) for s in grow_scores]
+    drop_fn = grow_fn = None
+    drop_scores = [g.pool(s) for g, s in zip(grans, drop_scores)]
+    grow_scores = [g.pool(s) for g, s in zip(grans, grow_scores)]
   kept = [_groups(g, m) for g, m in zip(grans, masks)]
-  nnz = [jnp.sum(k, dtype=jnp.int32) for k in kept]
-  n_drop = [jnp.round(fraction * n).astype(jnp.int32) for n in nnz]
-  survive = select.topk_masks([g.pool(s) for g, s in zip(grans, drop_scores)], [n - d for n, d in zip(nnz, n_drop)],
-                              kept)
-  grown = select.topk_masks([g.pool(s) for g, s in zip(grans, grow_scores)], n_drop, [~s for s in survive])
-  return [g.expand(s | r, m.shape) for g, s, r, m in zip(grans, survive, grown, masks)]
-
-
-def _magnitudes(params, plan):
-  return [jnp.abs(w) for w in base.leaves_at(params, plan.paths)]
+  n_drop = lambda nnz: jnp.round(fraction * nnz).astype(jnp.int32)  # noqa: E731
+  survive, nnz = select.topk_masks_and_counts(drop_scores, lambda nnz: nnz - n_drop(nnz), kept, drop_fn)
+  grown = select.topk_masks(grow_scores, list(n_drop(nnz)), [~s for s in survive], grow_fn)
+  chosen = [s | r for s, r in zip(survive, grown)]
+  return chosen if unstructured else [g.expand(c, m.shape) for g, c, m in zip(grans, chosen, masks)]
 
 
 def _rigl_growth(params, grads, plan, rng):
-  del params  # growth by the dense gradient alone
-  return [jnp.abs(g) for g in base.leaves_at(grads, plan.paths)], rng
+  del params  # growth by the dense gradient alone: |g|, taken on the packed layers
+  return base.leaves_at(grads, plan.paths), jnp.abs, rng
 
 
 def _set_growth(params, grads, plan, rng):
   del params, grads  # SET grows at random
   rng, key = jax.random.split(rng)
-  return scores.uniform_noise(key, plan.shapes), rng
+  return scores.uniform_noise(key, plan.shapes), None, rng
 
 
 def _first_state(params, cfg: dict, sparsity: float, dense: bool = False) -> base.PrunerState:
@@ -96,9 +101,9 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
 
   def update(params, grads, state, step):
     plan = init_plan(params, cfg, cfg["target"])
-    grow, rng = growth(params, grads, plan, state.rng)
-    new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), _magnitudes(params, plan), grow,
-                        drop(step))
+    grow, grow_fn, rng = growth(params, grads, plan, state.rng)
+    new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), base.leaves_at(params, plan.paths),
+                        grow, drop(step), jnp.abs, grow_fn)
     return state._replace(masks=base.from_leaves(params, plan, new), rng=rng)
 
   return base.Pruner(lambda params: _first_state(params, cfg, cfg["target"]),
@@ -148,12 +153,14 @@ def granet(cfg: dict) -> base.Pruner:
   def update(params, grads, state, step):
     plan = base.make_plan(params, cfg)
     old = base.leaves_at(state.masks, plan.paths)
-    mags = _magnitudes(params, plan)
+    weights = base.leaves_at(params, plan.paths)
     pruned = lax.cond(sched.is_update(step),
-                      lambda: base.select_masks(plan, mags, sched.sparsity(step), eligible=old), lambda: old)
-    grow = [jnp.abs(g) for g in base.leaves_at(grads, plan.paths)]
+                      lambda: base.select_masks(plan, weights, sched.sparsity(step), eligible=old, score_fn=jnp.abs),
+                      lambda: old)
+    grow = base.leaves_at(grads, plan.paths)
     new = lax.cond(on_grid(step, begin, regrow_end, every),
-                   lambda: drop_and_grow(plan.grans, pruned, mags, grow, drop(step)), lambda: pruned)
+                   lambda: drop_and_grow(plan.grans, pruned, weights, grow, drop(step), jnp.abs, jnp.abs),
+                   lambda: pruned)
     return state._replace(masks=base.from_leaves(params, plan, new))
 
   return base.Pruner(init, lambda t: sched.is_update(t) | on_grid(t, begin, regrow_end, every), update, None, cfg,

@@ -21,41 +21,44 @@ def initial_state(params, cfg: dict, masks=None) -> base.PrunerState:
   return base.PrunerState(masks, jax.random.PRNGKey(cfg["seed"]))
 
 
-def scheduled_pruner(cfg: dict, schedule: schedules.SparsitySchedule, score_fn) -> base.Pruner:
-  """A monotone pruner: at schedule steps keep the top `score_fn(params, grads, state)` among the kept weights."""
+def scheduled_pruner(cfg: dict, schedule: schedules.SparsitySchedule, score_fn, elementwise=None) -> base.Pruner:
+  """A monotone pruner: at schedule steps keep the top `score_fn(params, grads, state)` among the kept weights.
+
+  With `elementwise` (jnp.abs), the score is elementwise(score_fn(...)), applied to all layers at once.
+  """
 
   def update(params, grads, state, step):
     plan = base.make_plan(params, cfg)
     scores = base.leaves_at(score_fn(params, grads, state), plan.paths)
     old = base.leaves_at(state.masks, plan.paths)
-    new = base.select_masks(plan, scores, schedule.sparsity(step), eligible=old)
+    new = base.select_masks(plan, scores, schedule.sparsity(step), eligible=old, score_fn=elementwise)
     return state._replace(masks=base.from_leaves(params, plan, new))
 
   return base.Pruner(lambda params: initial_state(params, cfg), schedule.is_update, update, None, cfg)
 
 
-def magnitude_scores(params, grads, state):
-  del grads, state  # magnitude needs only the weights
-  return jax.tree.map(jnp.abs, params)
+def _weights(params, grads, state):
+  del grads, state  # |w|, with the absolute value taken on the packed layers (elementwise=jnp.abs)
+  return params
 
 
 def dense(cfg: dict) -> base.Pruner:
   """No pruning: masks stay all True (a dense baseline through the same code path)."""
-  return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)
+  return scheduled_pruner(cfg, schedules.constant(0.0), _weights, jnp.abs)
 
 
 def fixed(cfg: dict) -> base.Pruner:
   """Masks that only change when a driver sets them (`sj.set_masks`): IMP levels, masks found at initialisation."""
-  return scheduled_pruner(cfg, schedules.constant(0.0), magnitude_scores)._replace(installs=True)
+  return scheduled_pruner(cfg, schedules.constant(0.0), _weights, jnp.abs)._replace(installs=True)
 
 
 def oneshot(cfg: dict) -> base.Pruner:
   """One-shot magnitude pruning to `target` at `begin_step`."""
-  return scheduled_pruner(cfg, schedules.oneshot(cfg["target"], cfg["begin_step"]), magnitude_scores)
+  return scheduled_pruner(cfg, schedules.oneshot(cfg["target"], cfg["begin_step"]), _weights, jnp.abs)
 
 
 def gmp(cfg: dict) -> base.Pruner:
   """Gradual magnitude pruning (Zhu & Gupta 2017) with the polynomial schedule of `sparsejax.schedules.polynomial`."""
   sched = schedules.polynomial(cfg["initial_sparsity"], cfg["target"], cfg["begin_step"], cfg["end_step"],
                                cfg["update_every"], cfg["power"])
-  return scheduled_pruner(cfg, sched, magnitude_scores)
+  return scheduled_pruner(cfg, sched, _weights, jnp.abs)
