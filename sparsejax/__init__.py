@@ -5,6 +5,7 @@
 >>> tx = sj.sparsify(optax.adam(1e-3), pruner)
 """
 from sparsejax import distributions, granularity, masks, schedules, select
+from sparsejax.cpu import tune_allocator as tune_cpu_allocator
 from sparsejax.masks import apply_masks, create_masks, summary
 from sparsejax.pruners import REGISTRY, Pruner, PrunerState, create_pruner
 from sparsejax.pruners.pai import layer_collapse, prune_at_init
@@ -13,6 +14,6 @@ from sparsejax.transform import SparseState, get_masks, get_step, hyperparams, s
 __all__ = [
     "apply_masks", "create_masks", "create_pruner", "distributions", "get_masks", "get_step", "granularity",
     "hyperparams", "layer_collapse", "masks", "prune_at_init", "Pruner", "PrunerState", "REGISTRY", "schedules",
-    "select", "set_masks", "sparse_init", "SparseState", "sparsify", "summary",
+    "select", "set_masks", "sparse_init", "SparseState", "sparsify", "summary", "tune_cpu_allocator",
 ]
 __version__ = "0.1.0"

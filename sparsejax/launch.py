@@ -161,6 +161,8 @@ def run(argv: Sequence[str], stderr=None) -> int:
   if fv.workdir is None:
     return fail("--workdir: required; accepted values: a directory path (created when missing)")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; our progress lines say what matters
+  from sparsejax import cpu  # pylint: disable=g-import-not-at-top
+  cpu.tune_allocator()  # XLA:CPU's per-step temporaries stay in glibc's heap (see sparsejax.cpu)
   from sparsejax import train, validation  # pylint: disable=g-import-not-at-top (--help answers without JAX)
   try:
     results = train.train_and_evaluate(config, fv.workdir)

@@ -138,11 +138,11 @@ def _select(layout: _Packed, flat, k, weights, per_layer):
   nbits = max(int(flat.size).bit_length(), 1)
 
   def split_ties(tied):
-    # Packed positions keep the order (earlier array, then lower flat index) within a layer and across layers;
-    # built here, inside the branch, so that XLA does not hoist the iota out of the loops and run it at every step.
-    positions = lax.broadcasted_iota(jnp.uint32, flat.shape, 0) * jnp.uint32(chunk) + lax.broadcasted_iota(
+    # Packed positions keep the order (earlier array, then lower flat index) within a layer and across layers.
+    # `need` (a loop value, never negative) in the expression keeps the iota inside the loop and fused.
+    base = jnp.where(jnp.min(need) >= 0, jnp.uint32(chunk), jnp.uint32(0))
+    positions = lax.broadcasted_iota(jnp.uint32, flat.shape, 0) * base + lax.broadcasted_iota(
         jnp.uint32, flat.shape, 1)
-    positions, tied = lax.optimization_barrier((positions, tied))
 
     # Smallest bound p with count(tied & pos < p) >= need, found as the largest p with count(tied & pos < p) < need.
     def below(p):
