@@ -126,7 +126,7 @@ def run(argv: Sequence[str], stderr=None) -> int:
   argv = resolve_config_arg(argv)
   given = next((a.split("=", 1)[1].partition(":")[0] for a in argv if a.startswith("--config=")), None)
   if given is not None and not os.path.isfile(given):
-    print(f"error: --config: {given!r} is neither a config file nor the name of a shipped config; shipped configs: "
+    print(f"error: --config: {given!r}: No such file, and no shipped config has that name; shipped configs: "
           f"{', '.join(shipped_configs()) or '(none installed)'}", file=stderr, flush=True)
     return BAD_INPUT
   from absl import flags, logging  # pylint: disable=g-import-not-at-top

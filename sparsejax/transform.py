@@ -3,13 +3,13 @@
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
 jitted update (a while loop of zero or one iteration, which leaves the masks in place between updates): no
-re-trace, no host round trip; (3) masks the gradients to the weights kept at this step (a weight grown now waits
-one step at 0), so the state of pruned weights sees only zero gradients; (4) runs the inner optimizer, passing on
-any extra arguments (`value`, `grad`, `value_fn`); (5) sets the inner optimizer's state of every weight not kept to
-what `tx.init` gives (Adagrad's 0.1, not 0), in the same elementwise pass, so a pruned weight carries no stale
-moment and a weight grown later starts its first real update from exactly tx.init's state; and (6) returns updates
-that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w, and
-w + (-w) == 0 exactly in floating point.
+re-trace, no host round trip; (3) sets the inner optimizer's state of every weight not kept, and of the weights
+grown at the previous step, to what `tx.init` gives (Adagrad's 0.1, not 0), so a pruned weight carries no stale
+moment and a regrown weight starts its first real update from exactly tx.init's state; (4) masks the gradients to
+the weights kept at this step (a weight grown now waits one step at 0), so the state of pruned weights sees only
+zero gradients; (5) runs the inner optimizer, passing on any extra arguments (`value`, `grad`, `value_fn`); and (6)
+returns updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w,
+and w + (-w) == 0 exactly in floating point. (3), (4) and (6) fuse with the optimizer's own elementwise pass.
 
 Which leaves of the inner optimizer's state belong to which weight is found by path and shape (`state_slots`), so any
 layout works: `optax.chain`, `multi_transform`, `masked`, `MultiSteps`, `inject_hyperparams`, a bare array as params.
@@ -43,12 +43,10 @@ class SparseState(NamedTuple):
   """The `sparsify` optimizer state.
 
   count: updates done so far (the step). pruner: masks and the pruner's arrays. inner: the wrapped optimizer's state.
-  fresh: bool tree like the masks: the weights grown at the last mask update (they wait one step, at 0, before
-    their first real update); it counts only at that update's step. pending: whether masks were installed from
-    outside (`set_masks`); the pruners whose masks come from outside (snip, grasp, synflow, imp) refuse a first
-    update without.
-
-  Between steps, the inner optimizer's state of every weight not kept equals what `tx.init` gives.
+  fresh: bool tree like the masks: the weights grown at the last mask update, or by `set_masks` (they wait at 0
+    for the rest of that step; their inner state is set to tx.init's before their first real update).
+  pending: `set_masks` installed masks since the last update (cleared by the update); the pruners whose masks come
+    from outside (snip, grasp, synflow, imp) refuse a first update without.
   """
   count: jax.Array
   pruner: PrunerState
@@ -251,19 +249,28 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     # updates masks pass through untouched, where a cond copies them twice per step on XLA:CPU. Its counter starts
     # at the check's result (0): the check then reads the masks before the loop can update them in place, and XLA
     # need not copy masks and params to keep them for it.
-    _, pstate, fresh = lax.while_loop(lambda c: (c[0] == 0) & scheduled, refresh, (checked, pstate, state.fresh))
-    if pruner.grows:  # `fresh` holds the weights grown at the last mask update; it counts only at that step
+    if pruner.grows:
+      _, pstate, fresh = lax.while_loop(lambda c: (c[0] == 0) & scheduled, refresh, (checked, pstate, state.fresh))
+      # `fresh` holds the weights grown at the last mask update; they wait at 0 for the rest of that step.
       keep = jax.tree.map(lambda m, f: None if m is None else m & ~(f & scheduled), pstate.masks, fresh,
                           is_leaf=masks_lib.is_none)
     else:
-      keep = pstate.masks
-    # The state of pruned weights sees only zero gradients; what fuses with the optimizer's own elementwise pass is
-    # the gradient mask, the reset of the state of the weights not kept and the final select.
-    inner = reset_pruned_state(state.inner, inner_tx.init(params), keep)
+      _, pstate = lax.while_loop(lambda c: (c[0] == 0) & scheduled, lambda c: refresh((*c, None))[:2],
+                                 (checked, pstate))
+      fresh, keep = state.fresh, pstate.masks
+    # Before this step's update, the inner state of every weight not kept is set to what tx.init gives, and so is
+    # that of the weights grown at the previous step's mask update (or by set_masks), which start their first real
+    # update now: from exactly tx.init's state, even for optimizers whose state moves under zero gradients
+    # (rmsprop's initial_scale, Adafactor, L-BFGS). In the optimizer's own elementwise pass, like the gradient mask
+    # and the final select; resetting after the update instead made XLA copy each moment at every step.
+    just_grown = (step > 0) & pruner.is_update(jnp.maximum(step - 1, 0)) | state.pending
+    kept_state = jax.tree.map(lambda k, f: None if k is None else k & ~(f & just_grown), keep, state.fresh,
+                              is_leaf=masks_lib.is_none)
+    inner = reset_pruned_state(state.inner, inner_tx.init(params), kept_state)
     updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), inner, params, **extra_args)
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
-    pending = state.pending
+    pending = jnp.zeros((), bool)
     return updates, SparseState(step + 1, pstate, inner, fresh, pending)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -372,7 +379,7 @@ def set_masks(opt_state, masks: PyTree):
 
   def swap(x):
     if _is_sparse_state(x):
-      fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros(jnp.shape(m), bool), masks,
+      fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, masks, x.pruner.masks,
                            is_leaf=masks_lib.is_none)
       return x._replace(pruner=x.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
     return x
