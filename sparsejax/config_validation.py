@@ -158,6 +158,9 @@ def validate(config: Any) -> ml_collections.ConfigDict:
   _check_training(training)
   training["lr_boundaries"] = list(training["lr_boundaries"])
   mesh = _check_section("mesh", top.get("mesh", {}), MESH_DEFAULTS, _MESH_CHECKS)
+  if mesh["multihost"]:
+    from sparsejax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.distributed_args()  # the JAX_* variables, checked before anything is built or written
   for key in ("batch_size", "eval_batch_size"):
     if mesh["data_parallel"] > 1 and training[key] % mesh["data_parallel"]:
       raise ValueError(f"config.training.{key}: {training[key]} is not divisible by config.mesh.data_parallel="

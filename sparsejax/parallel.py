@@ -7,7 +7,8 @@ hand-written collective anywhere.
 
 Multi-host (several processes, e.g. a TPU pod slice or several GPU hosts): set `config.mesh.multihost = True`, which
 calls `jax.distributed.initialize()` before any device is touched. On Cloud TPU and under SLURM / Open MPI it finds the
-coordinator by itself; elsewhere export `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`. Every
+coordinator by itself; elsewhere export `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, which
+`distributed_args` reads and passes on (`jax.distributed.initialize()` alone reads only the first). Every
 process computes the same global batch (the data order is a pure function of seed and step) and places only the rows
 its own devices hold, so no host exchanges data with another.
 
@@ -37,11 +38,48 @@ def _get(config, name, default):
     return default
 
 
+ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def distributed_args(environ=None) -> dict:
+  """The arguments of `jax.distributed.initialize` from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID ({} when none is set: Cloud TPU, SLURM and Open MPI are detected by JAX itself).
+
+  `jax.distributed.initialize()` reads only the coordinator address from the environment; without the other two it
+  fails with "Number of processes must be defined". All three or none must be set.
+
+  >>> distributed_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
+  {'coordinator_address': '10.0.0.1:1234', 'num_processes': 2, 'process_id': 1}
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  environ = os.environ if environ is None else environ
+  given = {name: environ[name] for name in ENV_VARS if environ.get(name, "") != ""}
+  if not given:
+    return {}
+  missing = [name for name in ENV_VARS if name not in given]
+  if missing:
+    raise ValueError(f"config.mesh.multihost: {', '.join(missing)} not set; set all of {', '.join(ENV_VARS)} (or "
+                     "none, where JAX detects the cluster: Cloud TPU, SLURM, Open MPI)")
+  out = {"coordinator_address": given["JAX_COORDINATOR_ADDRESS"]}
+  for name, key, low in (("JAX_NUM_PROCESSES", "num_processes", 1), ("JAX_PROCESS_ID", "process_id", 0)):
+    try:
+      out[key] = int(given[name])
+    except ValueError:
+      raise ValueError(f"config.mesh.multihost: {name}={given[name]!r}; accepted values: an int >= {low}") from None
+    if out[key] < low:
+      raise ValueError(f"config.mesh.multihost: {name}={out[key]}; accepted values: an int >= {low}")
+  if out["process_id"] >= out["num_processes"]:
+    raise ValueError(f"config.mesh.multihost: JAX_PROCESS_ID={out['process_id']}; accepted values: an int in "
+                     f"[0, JAX_NUM_PROCESSES={out['num_processes']})")
+  return out
+
+
 def initialize_distributed(mesh_config) -> None:
-  """Calls `jax.distributed.initialize()` once when `mesh_config.multihost` is True (a no-op otherwise)."""
+  """Calls `jax.distributed.initialize(**distributed_args())` once when `mesh_config.multihost` is True (a no-op
+  otherwise)."""
   global _distributed_initialized
   if _get(mesh_config, "multihost", False) and not _distributed_initialized:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args())
     _distributed_initialized = True
 
 

@@ -276,3 +276,16 @@ def test_subprocess_exit_status_and_no_traceback(flags, want, tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert "Traceback" not in proc.stderr and want in proc.stderr
   assert not workdir.exists()
+
+
+def test_multihost_with_a_partial_set_of_jax_variables(tmp_path, monkeypatch):
+  """--config.mesh.multihost=True with JAX_COORDINATOR_ADDRESS but no process count: exit 2 naming what is missing,
+  before anything is written (jax.distributed.initialize() would fail later with "Number of processes must be
+  defined")."""
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:12345")
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  workdir = tmp_path / "run"
+  rc, err = _run([f"--config={BASE}", f"--workdir={workdir}", "--config.mesh.multihost=True"])
+  assert rc == 2 and "config.mesh.multihost: JAX_NUM_PROCESSES, JAX_PROCESS_ID not set" in err, err
+  assert "Traceback" not in err and not workdir.exists()

@@ -117,3 +117,26 @@ def test_data_parallel_traces_once():
   before = steps.TRACES["train_step"]
   _run(8, "mlp", num_steps=5)
   assert steps.TRACES["train_step"] - before == 1
+
+
+def test_multihost_reads_the_jax_process_variables(monkeypatch):
+  """`jax.distributed.initialize()` alone reads only the coordinator address ("Number of processes must be defined");
+  the three JAX_* variables are read and passed on, and a partial or malformed set is refused with the variable
+  named."""
+  from sparsejax import parallel as par
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12345", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  assert par.distributed_args(env) == {"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1}
+  assert par.distributed_args({}) == {}
+  for bad, message in [({**env, "JAX_PROCESS_ID": ""}, "JAX_PROCESS_ID not set"),
+                       ({**env, "JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two'; accepted values: an int >= 1"),
+                       ({**env, "JAX_PROCESS_ID": "2"}, r"JAX_PROCESS_ID=2; accepted values: an int in \[0, ")]:
+    with pytest.raises(ValueError, match=message):
+      par.distributed_args(bad)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(par, "_distributed_initialized", False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  par.initialize_distributed({"multihost": True})
+  par.initialize_distributed({"multihost": True})  # once per process
+  assert calls == [{"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1}]
