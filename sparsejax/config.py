@@ -20,7 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "layout": "flax",           # kernel layout: 'flax' (..., in, out) or 'torch' (out, in, ...) (Equinox, PyTorch)
     "nm_axis": None,            # axis of the groups of m for 'n:m'; None: the layout's input axis
     "channel_axis": None,       # output axis that 'channel' keeps or prunes whole; None: the layout's output axis
-    "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: ndim >= 2, not bias, not embed*
+    "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: the default rule
+                                # (ndim >= 2, not a bias, no path part containing 'embed')
     "min_density": 0.0,         # per-layer floor (distribution 'global')
     "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
     "begin_step": 0,

@@ -98,13 +98,13 @@ class Granularity(NamedTuple):
   def _axis(self, path: str, shape) -> int:
     return input_axis(self.layout, path, shape) if self.axis is None else self.axis % len(shape)
 
-  def _out(self, ndim: int) -> tuple:
+  def _out(self) -> tuple:
     if self.out_axes is None:
       raise ValueError("granularity: resolve the axes with for_layer(path, shape) first")
     return self.out_axes
 
   def _reduced(self, ndim: int) -> tuple:
-    out = self._out(ndim)
+    out = self._out()
     return tuple(a for a in range(ndim) if a not in out)
 
   def num_groups(self, shape) -> int:
@@ -113,7 +113,7 @@ class Granularity(NamedTuple):
     for d in shape:
       size *= d
     if self.kind == "channel":
-      return int(np.prod([shape[a] for a in self._out(len(shape))]))
+      return int(np.prod([shape[a] for a in self._out()]))
     if self.kind == "block":
       return size // (self.block[0] * self.block[1])
     return size // self.m if self.kind == "nm" else size

@@ -64,11 +64,9 @@ class _Packed:
     self.chunk = min(_CHUNK, 1 << max(max(self.sizes) - 1, 0).bit_length())
     self.rows = [max(-(-s // self.chunk), 1) for s in self.sizes]
     self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32), self.rows)
-    valid = []
-    for s, r in zip(self.sizes, self.rows):
-      valid += [self.chunk] * (s // self.chunk) + ([s % self.chunk] if s % self.chunk else []) + [0] * (
-          r - (s // self.chunk) - (1 if s % self.chunk else 0))
-    self.row_valid = np.asarray(valid, np.int32)
+    # entries of each row that belong to its array: chunk for full rows, the remainder for the last one, 0 after
+    self.row_valid = np.concatenate([np.clip(s - np.arange(r) * self.chunk, 0, self.chunk)
+                                     for s, r in zip(self.sizes, self.rows)]).astype(np.int32)
     if sum(self.rows) * self.chunk >= 2**32:
       raise ValueError("select: more than 2**32 packed entries in one selection")
 

@@ -290,8 +290,13 @@ def sparse_init(tx: optax.GradientTransformation, params: PyTree) -> tuple[PyTre
 _FIELDS = frozenset(SparseState._fields)
 
 
+def _is_mapping(x) -> bool:
+  """dict, FrozenDict, nnx.State: anything with keys() and item access."""
+  return hasattr(x, "keys") and callable(x.keys) and hasattr(x, "__getitem__")
+
+
 def _children(x) -> list:
-  if hasattr(x, "keys") and callable(x.keys) and hasattr(x, "__getitem__"):  # dict, FrozenDict, nnx.State
+  if _is_mapping(x):
     return [x[k] for k in x.keys()]
   if isinstance(x, (list, tuple)):
     return list(x)
@@ -301,7 +306,7 @@ def _children(x) -> list:
 
 def _is_state_like(x) -> bool:
   """A SparseState, or what it becomes as a mapping: restored by orbax without a target, or in `nnx.state(...)`."""
-  return _is_sparse_state(x) or (hasattr(x, "keys") and callable(x.keys) and set(x.keys()) == _FIELDS)
+  return _is_sparse_state(x) or (_is_mapping(x) and set(x.keys()) == _FIELDS)
 
 
 def _find(opt_state):
@@ -318,11 +323,7 @@ def _find(opt_state):
 
 
 def _field(state, name):
-  return state[name] if hasattr(state, "keys") and callable(state.keys) else getattr(state, name)
-
-
-def _plain(tree):
-  return masks_lib.pure(tree)
+  return state[name] if _is_mapping(state) else getattr(state, name)
 
 
 def get_masks(opt_state, like: PyTree = None) -> PyTree:
@@ -333,7 +334,7 @@ def get_masks(opt_state, like: PyTree = None) -> PyTree:
   last two drop the None leaves: the masks then come as nested dicts of the prunable leaves only; pass
   `like=params` to get them back in the shape of params, with None elsewhere.
   """
-  masks = _plain(_field(_field(_find(opt_state), "pruner"), "masks"))
+  masks = masks_lib.pure(_field(_field(_find(opt_state), "pruner"), "masks"))
   if like is None:
     return masks
   by_path = dict(masks_lib.flatten_with_paths(masks))
@@ -345,7 +346,7 @@ def get_masks(opt_state, like: PyTree = None) -> PyTree:
 
 
 def get_step(opt_state) -> jax.Array:
-  return _plain(_field(_find(opt_state), "count"))
+  return masks_lib.pure(_field(_find(opt_state), "count"))
 
 
 def hyperparams(opt_state) -> dict:

@@ -121,7 +121,8 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
     scores, score_fn = [score_fn(s) for s in scores], None
   if plan.gran.kind == "nm":
     keep = jnp.round((1.0 - sparsity_t) * plan.gran.m).astype(jnp.int32)
-    return [g.nm_mask(s, keep, None if eligible is None else eligible[i]) for i, (g, s) in enumerate(zip(grans, scores))]
+    elig = [None] * len(scores) if eligible is None else eligible
+    return [g.nm_mask(s, keep, e) for g, s, e in zip(grans, scores, elig)]
   pooled = scores if unstructured else [g.pool(s) for g, s in zip(grans, scores)]
   elig = eligible if unstructured or eligible is None else [
       g.pool(e.astype(jnp.float32)) > 0 for g, e in zip(grans, eligible)]

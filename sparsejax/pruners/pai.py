@@ -65,34 +65,33 @@ def _as_xy(batch):
   return jnp.asarray(x), None if y is None else jnp.asarray(y)
 
 
-def _take(batches: Optional[Iterable], n: int, algorithm: str, labels: bool = True) -> list:
+def _take_any(batches: Optional[Iterable], n: int, algorithm: str, what: str = "for loss_fn") -> list:
+  """The first n batches, as they come."""
   if batches is None:
-    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs batches ({{'image', 'label'}} dicts or (x, y))")
-  taken = [_as_xy(b) for b in itertools.islice(iter(batches), n)]
-  if len(taken) < n:
-    raise ValueError(f"config.sparsity.num_batches={n} but prune_at_init was given {len(taken)} batch(es)")
-  if labels and any(y is None for _, y in taken):
-    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs labelled batches ({{'image', 'label'}} dicts)")
-  return taken
-
-
-def _take_any(batches: Optional[Iterable], n: int, algorithm: str) -> list:
-  if batches is None:
-    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs batches for loss_fn")
+    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs batches {what}")
   taken = list(itertools.islice(iter(batches), n))
   if len(taken) < n:
     raise ValueError(f"config.sparsity.num_batches={n} but prune_at_init was given {len(taken)} batch(es)")
   return taken
 
 
-def _scalar_loss(loss_fn: Callable) -> Callable:
-  """loss_fn whose output is a scalar loss, or a tuple (list) whose first element is."""
+def _take(batches: Optional[Iterable], n: int, algorithm: str, labels: bool = True) -> list:
+  """The first n batches as (x, y) pairs."""
+  taken = [_as_xy(b) for b in _take_any(batches, n, algorithm, "({'image', 'label'} dicts or (x, y))")]
+  if labels and any(y is None for _, y in taken):
+    raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs labelled batches ({{'image', 'label'}} dicts)")
+  return taken
 
-  def fn(params, batch):
-    out = loss_fn(params, batch)
+
+def _first_output(fn: Callable) -> Callable:
+  """fn whose output is returned as it is, or by its first element when it is a tuple (list): a loss_fn returning
+  (loss, aux), an apply_fn returning Flax's (out, mutated state) or (logits, aux)."""
+
+  def first(*args):
+    out = fn(*args)
     return out[0] if isinstance(out, (tuple, list)) else out
 
-  return fn
+  return first
 
 
 def synflow_masks(plan: base.Plan, apply_fn: Callable, params: PyTree, input_shape, iterations: int) -> list:
@@ -117,17 +116,6 @@ def _synflow_rounds(plan, apply_fn, input_shape, iterations, params):
     return base.select_masks(plan, s, sparsity, eligible=kept)
 
   return lax.fori_loop(0, iterations, round_, [jnp.ones(s, bool) for s in plan.shapes])
-
-
-def _logits(apply_fn: Callable) -> Callable:
-  """apply_fn whose output is the logits, or a tuple (list) whose first element is (Flax's (out, mutated state),
-  a model returning (logits, aux))."""
-
-  def fn(params, x):
-    out = apply_fn(params, x)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-  return fn
 
 
 def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyTree, batches: Optional[Iterable],
@@ -167,17 +155,18 @@ def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyT
     if input_shape is None:
       x, _ = _take(batches, 1, algorithm, labels=False)[0]
       input_shape = x.shape[1:]
-    kept = synflow_masks(plan, _logits(apply_fn), params, tuple(input_shape), cfg["iterations"])
+    kept = synflow_masks(plan, _first_output(apply_fn), params, tuple(input_shape), cfg["iterations"])
     return base.from_leaves(params, plan, kept)
   if algorithm == "random":  # with rng None, the masks the `random` pruner's own init draws
     key = jax.random.PRNGKey(cfg["seed"]) if rng is None else rng
     return base.from_leaves(params, plan, dst.random_masks(plan, key))
   if algorithm in ("snip", "grasp"):
     if loss_fn is None:
-      loss, taken = scores.cross_entropy(_logits(apply_fn), cfg["temperature"] if algorithm == "grasp" else 1.0), \
-          _take(batches, cfg["num_batches"], algorithm)
+      temperature = cfg["temperature"] if algorithm == "grasp" else 1.0
+      loss = scores.cross_entropy(_first_output(apply_fn), temperature)
+      taken = _take(batches, cfg["num_batches"], algorithm)
     else:
-      loss, taken = _scalar_loss(loss_fn), _take_any(batches, cfg["num_batches"], algorithm)
+      loss, taken = _first_output(loss_fn), _take_any(batches, cfg["num_batches"], algorithm)
     tree = (scores.snip if algorithm == "snip" else scores.grasp)(loss, params, taken, prunable)
   else:  # oneshot (magnitude at init) and dense (target 0: everything kept)
     tree = scores.magnitude(params, prunable)
