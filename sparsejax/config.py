@@ -10,7 +10,7 @@ import numbers
 import re
 from typing import Any, Mapping
 
-from sparsejax import distributions, granularity, schedules
+from sparsejax import distributions, granularity, schedules, select
 
 DEFAULTS: dict[str, Any] = {
     "algorithm": "dense",
@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: the default rule
                                 # (ndim >= 2, not a bias, no path part containing 'embed')
     "min_density": 0.0,         # per-layer floor (distribution 'global')
+    "selection": "auto",        # auto | packed | per_layer: top-k on all layers packed together (fast to compile) or
+                                # layer by layer where the shards are (sharded params); auto: per_layer under a mesh
     "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
     "begin_step": 0,
     "end_step": None,           # None: begin_step (oneshot); gradual and regrowth methods need end_step > begin_step
@@ -55,6 +57,7 @@ GRADUAL = ("gmp", "set", "rigl", "granet", "movement")
 REGROWTH = ("set", "rigl", "granet")
 
 CHOICES = {
+    "selection": select.MODES,
     "distribution": distributions.DISTRIBUTIONS,
     "rewind": ("init", "step", "lr", "finetune"),
     "control": ("none", "random_reinit", "random_mask", "both"),

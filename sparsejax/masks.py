@@ -145,7 +145,7 @@ def map_prunable(fn, params: PyTree, paths: Sequence[str]) -> PyTree:
 
 def create_masks(params: PyTree, prunable: Optional[Sequence[str]] = None) -> PyTree:
   """All-True bool masks on the prunable leaves, None elsewhere."""
-  return map_prunable(lambda _, x: jnp.ones(jnp.shape(x), bool), params, prunable_paths(params, prunable))
+  return map_prunable(lambda _, x: jnp.ones_like(x, bool), params, prunable_paths(params, prunable))
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from sparsejax import masks as masks_lib
+from sparsejax import masks as masks_lib, select
 from sparsejax.pruners.base import Pruner, PrunerState
 
 PyTree = Any
@@ -132,10 +132,13 @@ _CHECK_WHOLE = 1 << 14  # layers up to this size are checked whole at every step
 _CHECK_SLICES = 32      # larger ones one slice of 1/32 at a time, in turn
 
 
-def _unchecked_part(p, m, step):
+def _unchecked_part(p, m, step, sharded=False):
   """Whether a pruned weight is nonzero in (a slice of) one layer. A layer of more than _CHECK_WHOLE weights is checked
   one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every _CHECK_SLICES steps for
-  1/32 of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU; an eighth, 3%)."""
+  1/32 of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU; an eighth, 3%). Sharded
+  layers are checked whole, in their own shape: each device counts its shard and only the count moves."""
+  if sharded:
+    return jnp.sum(~m & (p != 0), dtype=jnp.int32).astype(jnp.float32)
   p, m = p.reshape(-1), m.reshape(-1)
   n = p.shape[0]
   if n > _CHECK_WHOLE:
@@ -155,7 +158,7 @@ def _count_true(x) -> jax.Array:
   return jnp.dot(x, x)
 
 
-def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="") -> jax.Array:
+def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="", sharded=False) -> jax.Array:
   """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`, or if
   `uninstalled` (a bool scalar, or None) is true: masks that must come from outside were never installed.
 
@@ -163,7 +166,7 @@ def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="") -> j
   must use (a pure callback whose result is unused would be removed). A pure callback, not `jax.debug.callback`: a
   computation with side effects loses jit's fast dispatch path (about 2 ms a step on CPU).
   """
-  pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step), masks, params,
+  pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step, sharded), masks, params,
                        is_leaf=masks_lib.is_none)
   bad = masks_lib.mask_leaves(pairs)
   if not bad and uninstalled is None:
@@ -173,8 +176,26 @@ def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="") -> j
   paths = tuple(masks_lib.mask_paths(masks))
   raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths, algorithm)  # noqa: E731
   zero = jax.ShapeDtypeStruct((), jnp.int32)
-  return lax.cond(jnp.any(bad), lambda b: jax.pure_callback(raise_fn, zero, b), lambda b: jnp.zeros((), jnp.int32),
-                  bad)
+  callback = lambda b: jax.pure_callback(raise_fn, zero, b)  # noqa: E731
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.size > 1:
+    # Under a mesh the partitioner would run the callback on one device and broadcast its result: when it raises,
+    # the other devices wait for that broadcast forever. In a shard_map every device runs it (and raises) itself.
+    callback = jax.shard_map(callback, mesh=mesh, in_specs=jax.P(), out_specs=jax.P(), check_vma=False)
+  return lax.cond(jnp.any(bad), callback, lambda b: jnp.zeros((), jnp.int32), bad)
+
+
+def _shard_like(masks, params):
+  """Under an Explicit mesh (sharding in the types), each mask with exactly its param's sharding, so that loop
+  carries and cond branches type-check; unchanged otherwise (under GSPMD the jit's shardings place them)."""
+
+  def like(m, p):
+    if m is None or not select.typed_sharded(p):
+      return m
+    want = jax.typeof(p).sharding
+    return m if jax.typeof(m).sharding == want else jax.sharding.reshard(m, want)
+
+  return jax.tree.map(like, masks, params, is_leaf=masks_lib.is_none)
 
 
 def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.GradientTransformationExtraArgs:
@@ -218,7 +239,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     inner = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)) if isinstance(x, jax.Array) else x,
                          inner_tx.init(params))
     pstate = pruner.init(params)
-    fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros(m.shape, bool), pstate.masks,
+    pstate = pstate._replace(masks=_shard_like(pstate.masks, params))
+    fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), pstate.masks,
                          is_leaf=masks_lib.is_none)
     return SparseState(jnp.zeros((), jnp.int32), pstate, inner, fresh, jnp.zeros((), bool))
 
@@ -228,7 +250,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     pstate, step = state.pruner, state.count
     # Masks that come from outside (snip, grasp, synflow, imp) must be installed (set_masks) before the first update.
     uninstalled = (step == 0) & ~state.pending if pruner.installs else None
-    checked = _check_pruned_zero(params, pstate.masks, step, uninstalled, pruner.config.get("algorithm", ""))
+    sharded = select.per_layer(jax.tree.leaves(params), pruner.config.get("selection", "auto"))
+    checked = _check_pruned_zero(params, pstate.masks, step, uninstalled, pruner.config.get("algorithm", ""), sharded)
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
     scheduled = pruner.is_update(step)
@@ -240,6 +263,7 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
       # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
       p, g, ps, _ = lax.optimization_barrier((params, grads, ps, i))
       new = pruner.update(p, g, ps, step)
+      new = new._replace(masks=_shard_like(new.masks, params))
       if pruner.grows:  # the weights grown now stay exactly 0 for this step (keep = new & old = new & ~grown)
         fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, new.masks, ps.masks,
                              is_leaf=masks_lib.is_none)

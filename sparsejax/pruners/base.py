@@ -54,6 +54,7 @@ class Plan:
   target: float
   gran: granularity.Granularity
   min_density: float
+  selection: str = "auto"  # select.per_layer's mode
 
   @property
   def grans(self) -> tuple:
@@ -92,7 +93,7 @@ def make_plan(params: PyTree, cfg: dict) -> Plan:
   sp = distributions.layer_sparsities(cfg["distribution"], dict(zip(paths, shapes)), cfg["target"],
                                       cfg.get("overrides"))
   return Plan(tuple(paths), shapes, None if sp is None else tuple(sp[p] for p in paths), float(cfg["target"]),
-              gran, float(cfg["min_density"]))
+              gran, float(cfg["min_density"]), cfg.get("selection", "auto"))
 
 
 def leaves_at(tree: PyTree, paths) -> list:
@@ -130,7 +131,7 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
   if plan.sparsities is not None:
     ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
           for i, n in enumerate(groups)]
-    chosen = select.topk_masks(pooled, ks, elig, score_fn)
+    chosen = select.topk_masks(pooled, ks, elig, score_fn, plan.selection)
   else:
     chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig, score_fn)
   return chosen if unstructured else [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
@@ -148,10 +149,10 @@ def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=No
   weights = [n // k for n, k in zip(sizes, groups)]
   k = _count(plan, sparsity_t, plan.target, sparsity_t, sum(sizes))
   if plan.min_density <= 0:
-    return select.global_topk_masks(pooled, k, elig, weights, score_fn)
+    return select.global_topk_masks(pooled, k, elig, weights, score_fn, plan.selection)
   floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]
-  floor_masks = select.topk_masks(pooled, floors, elig, score_fn)
+  floor_masks = select.topk_masks(pooled, floors, elig, score_fn, plan.selection)
   rest_elig = [~f if e is None else e & ~f for f, e in zip(floor_masks, elig or [None] * len(pooled))]
   used = sum(w * jnp.sum(f, dtype=jnp.int32) for w, f in zip(weights, floor_masks))
-  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights, score_fn)
+  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights, score_fn, plan.selection)
   return [a | b for a, b in zip(floor_masks, rest)]

@@ -53,13 +53,14 @@ def _groups(gran, mask):
 
 
 def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, fraction, drop_fn=None,
-                  grow_fn=None) -> list:
+                  grow_fn=None, mode: str = "auto") -> list:
   """One prune-and-regrow step at constant per-layer counts (in groups of each layer's granularity, `plan.grans`).
 
   Per layer, with nnz kept groups and n_drop = round(fraction * nnz): keep the nnz - n_drop kept groups with the
   highest drop score, then grow the n_drop groups with the highest grow score among all groups not in that kept set.
   drop_fn / grow_fn: optional elementwise functions of the raw drop / grow arrays (jnp.abs), applied to all layers
   at once when unstructured. The kept counts come from the selection's packed arrays (no reduction per layer).
+  mode: `select.per_layer`'s.
   """
   unstructured = all(g.kind == "unstructured" for g in grans)
   if not unstructured:
@@ -70,8 +71,8 @@ def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, frac
     grow_scores = [g.pool(s) for g, s in zip(grans, grow_scores)]
   kept = [_groups(g, m) for g, m in zip(grans, masks)]
   n_drop = lambda nnz: jnp.round(fraction * nnz).astype(jnp.int32)  # noqa: E731
-  survive, nnz = select.topk_masks_and_counts(drop_scores, lambda nnz: nnz - n_drop(nnz), kept, drop_fn)
-  grown = select.topk_masks(grow_scores, list(n_drop(nnz)), [~s for s in survive], grow_fn)
+  survive, nnz = select.topk_masks_and_counts(drop_scores, lambda nnz: nnz - n_drop(nnz), kept, drop_fn, mode)
+  grown = select.topk_masks(grow_scores, list(n_drop(nnz)), [~s for s in survive], grow_fn, mode)
   chosen = [s | r for s, r in zip(survive, grown)]
   return chosen if unstructured else [g.expand(c, m.shape) for g, c, m in zip(grans, chosen, masks)]
 
@@ -91,7 +92,7 @@ def _first_state(params, cfg: dict, sparsity: float, dense: bool = False) -> bas
   """Masks at the start (random with init_distribution's counts at `sparsity`, or all True) and the PRNG key."""
   init_key, key = jax.random.split(jax.random.PRNGKey(cfg["seed"]))
   plan = init_plan(params, cfg, sparsity)
-  first = [jnp.ones(s, bool) for s in plan.shapes] if dense else random_masks(plan, init_key)
+  first = [jnp.ones_like(p, bool) for p in base.leaves_at(params, plan.paths)] if dense else random_masks(plan, init_key)
   return base.PrunerState(base.from_leaves(params, plan, first), key)
 
 
@@ -103,7 +104,7 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
     plan = init_plan(params, cfg, cfg["target"])
     grow, grow_fn, rng = growth(params, grads, plan, state.rng)
     new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), base.leaves_at(params, plan.paths),
-                        grow, drop(step), jnp.abs, grow_fn)
+                        grow, drop(step), jnp.abs, grow_fn, plan.selection)
     return state._replace(masks=base.from_leaves(params, plan, new), rng=rng)
 
   return base.Pruner(lambda params: _first_state(params, cfg, cfg["target"]),
@@ -159,7 +160,8 @@ def granet(cfg: dict) -> base.Pruner:
                       lambda: old)
     grow = base.leaves_at(grads, plan.paths)
     new = lax.cond(on_grid(step, begin, regrow_end, every),
-                   lambda: drop_and_grow(plan.grans, pruned, weights, grow, drop(step), jnp.abs, jnp.abs),
+                   lambda: drop_and_grow(plan.grans, pruned, weights, grow, drop(step), jnp.abs, jnp.abs,
+                                         plan.selection),
                    lambda: pruned)
     return state._replace(masks=base.from_leaves(params, plan, new))
 

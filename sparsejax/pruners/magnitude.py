@@ -17,7 +17,7 @@ def initial_state(params, cfg: dict, masks=None) -> base.PrunerState:
   """All-True masks on the prunable leaves (validated against the plan) and the pruner's PRNG key."""
   plan = base.make_plan(params, cfg)
   if masks is None:
-    masks = masks_lib.map_prunable(lambda _, x: jnp.ones(jnp.shape(x), bool), params, plan.paths)
+    masks = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, plan.paths)
   return base.PrunerState(masks, jax.random.PRNGKey(cfg["seed"]))
 
 

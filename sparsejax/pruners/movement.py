@@ -32,7 +32,7 @@ def movement(cfg: dict) -> base.Pruner:
 
   def init(params):
     state = magnitude.initial_state(params, cfg)
-    importance = jax.tree.map(lambda m: None if m is None else jnp.zeros(m.shape, jnp.float32), state.masks,
+    importance = jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m, jnp.float32), state.masks,
                               is_leaf=masks_lib.is_none)
     return state._replace(extra=importance)
 

@@ -147,7 +147,7 @@ def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyT
   if algorithm not in AT_INIT:
     raise ValueError(f"config.sparsity.algorithm: prune_at_init supports {AT_INIT}, got {algorithm!r}")
   plan = base.make_plan(params, cfg)
-  prunable = masks_lib.map_prunable(lambda _, x: jnp.ones(jnp.shape(x), bool), params, plan.paths)
+  prunable = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, plan.paths)
   if algorithm in ("snip", "grasp", "synflow") and apply_fn is None and (loss_fn is None or algorithm == "synflow"):
     raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs apply_fn(params, x)"
                      + (" (or loss_fn(params, batch))" if algorithm != "synflow" else ""))
