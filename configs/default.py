@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   sparsity.temperature = 200.0                           # grasp
 
   config.mesh = ml_collections.ConfigDict()
-  config.mesh.data_parallel = 1                          # devices the batch is split over; -1: all
+  config.mesh.data_parallel = 1                          # size of the mesh's "data" axis; -1: the rest of the devices
+  config.mesh.fsdp = 1                                   # "fsdp" axis: batch split too, large params split over it
+  config.mesh.model = 1                                  # "model" axis: split by rules only (heads, MLP hidden)
+  config.mesh.rules = ()                                 # ((regex over param paths, PartitionSpec tuple), ...)
+  config.mesh.fsdp_min_size = 2**14                      # params this large (entries) are split over "fsdp"
   config.mesh.multihost = False                          # True: jax.distributed.initialize() first
   return config

@@ -44,7 +44,7 @@ TRAINING_DEFAULTS = {
     "keep_checkpoints": 2,
     "progress": "auto",
 }
-MESH_DEFAULTS = {"data_parallel": 1, "multihost": False}
+MESH_DEFAULTS = {"data_parallel": 1, "fsdp": 1, "model": 1, "rules": (), "fsdp_min_size": 2**14, "multihost": False}
 
 
 def _is_int(v) -> bool:
@@ -94,8 +94,19 @@ _TRAINING_CHECKS = {
     "keep_checkpoints": _int_at_least(1),
     "progress": _choice(PROGRESS),
 }
+def _rules(v) -> bool:
+  from sparsejax import parallel  # pylint: disable=g-import-not-at-top (parallel imports jax devices lazily only)
+  parallel.parse_rules(v)  # raises with the rule's index and what is wrong
+  return True
+
+
+_AXIS_SIZE = ((lambda v: _is_int(v) and (v == -1 or v >= 1)), "-1 (the remaining devices) or an int >= 1")
 _MESH_CHECKS = {
-    "data_parallel": ((lambda v: _is_int(v) and (v == -1 or v >= 1)), "-1 (all devices) or an int >= 1"),
+    "data_parallel": _AXIS_SIZE,
+    "fsdp": _AXIS_SIZE,
+    "model": _AXIS_SIZE,
+    "rules": (_rules, "a sequence of (regex, PartitionSpec) pairs"),
+    "fsdp_min_size": _int_at_least(0),
     "multihost": ((lambda v: isinstance(v, bool)), "True or False"),
 }
 
@@ -161,10 +172,15 @@ def validate(config: Any) -> ml_collections.ConfigDict:
   if mesh["multihost"]:
     from sparsejax import parallel  # pylint: disable=g-import-not-at-top
     parallel.distributed_args()  # the JAX_* variables, checked before anything is built or written
+  ways = mesh["data_parallel"] * mesh["fsdp"]  # known here unless one is -1 (then checked with the mesh)
   for key in ("batch_size", "eval_batch_size"):
-    if mesh["data_parallel"] > 1 and training[key] % mesh["data_parallel"]:
-      raise ValueError(f"config.training.{key}: {training[key]} is not divisible by config.mesh.data_parallel="
-                       f"{mesh['data_parallel']}")
+    if ways > 1 and training[key] % ways:
+      raise ValueError(f"config.training.{key}: {training[key]} is not divisible by config.mesh.data_parallel x "
+                       f"config.mesh.fsdp = {ways}")
+  from sparsejax import parallel  # pylint: disable=g-import-not-at-top
+  # written out as JSON: [regex, [axis name, None or a list of names per dimension]]
+  mesh["rules"] = [[pattern, [list(e) if isinstance(e, tuple) else e for e in spec]]
+                   for pattern, spec in parallel.parse_rules(mesh["rules"])]
   resolved = dict(top, seed=seed, training=training, mesh=mesh)
   resolved.setdefault("sparsity", {"algorithm": "dense"})
   return ml_collections.ConfigDict(resolved)

@@ -91,12 +91,29 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, label_smoothi
   return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                    label_smoothing: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """`train_step` jitted over `mesh`: batch split along "data", state replicated and donated."""
+def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` called (and so traced) under `jax.set_mesh(mesh)`: selection then runs per layer where the shards are, and
+  a failed check raises on every device (see `sparsejax.select.per_layer`, `sparsejax.transform`)."""
+  if mesh.devices.size == 1:
+    return fn
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  return call
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, label_smoothing: float = 0.0,
+                    state_sharding: Any = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """`train_step` jitted over `mesh`: batch split over the batch axes, state donated and kept in `state_sharding`
+  (a sharding per leaf, from `train.create_train_state`'s state; None: replicated)."""
   rep = parallel.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model, tx, label_smoothing),
-                 in_shardings=(rep, parallel.data_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+  state_sharding = rep if state_sharding is None else state_sharding
+  return under_mesh(jax.jit(functools.partial(train_step, model, tx, label_smoothing),
+                            in_shardings=(state_sharding, parallel.data_sharding(mesh)),
+                            out_shardings=(state_sharding, rep), donate_argnums=0), mesh)
 
 
 def eval_step(model: nn.Module, state: TrainState, batch: dict) -> dict:
@@ -110,19 +127,22 @@ def eval_step(model: nn.Module, state: TrainState, batch: dict) -> dict:
           "count": jnp.sum(mask, dtype=jnp.int32)}
 
 
-def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, dict], dict]:
-  """`eval_step` jitted over `mesh`: batch split along "data", the sums replicated (the state is not donated)."""
+def make_eval_step(model: nn.Module, mesh: Mesh, state_sharding: Any = None) -> Callable[[TrainState, dict], dict]:
+  """`eval_step` jitted over `mesh`: batch split over the batch axes, the sums replicated (the state is not
+  donated); `state_sharding` as in `make_train_step`."""
   rep = parallel.replicated(mesh)
-  return jax.jit(functools.partial(eval_step, model), in_shardings=(rep, parallel.data_sharding(mesh)),
-                 out_shardings=rep)
+  return under_mesh(jax.jit(functools.partial(eval_step, model),
+                            in_shardings=(rep if state_sharding is None else state_sharding,
+                                          parallel.data_sharding(mesh)), out_shardings=rep), mesh)
 
 
 def evaluate(eval_fn: Callable, state: TrainState, dataset, split: str, batch_size: int, mesh: Mesh) -> dict:
   """{"loss", "accuracy"} over every example of `split` (the padding of the last batch excluded by its mask)."""
   sync = parallel.needs_host_sync(mesh)
   totals = None
-  for batch in dataset.eval_batches(split, batch_size):
-    sums = eval_fn(state, parallel.shard_batch(batch, mesh))
+  rows = parallel.process_rows(mesh, batch_size)
+  for batch in dataset.eval_batches(split, batch_size, rows):
+    sums = eval_fn(state, parallel.global_batch(lambda _, b=batch: b, batch_size, mesh))
     if sync:
       jax.block_until_ready(sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)

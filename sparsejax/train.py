@@ -87,13 +87,20 @@ def build(config, workdir: Optional[str] = None) -> Setup:
   validation.check_data(config, dataset.num_train, num_steps)
   tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), pruner)
   mesh = parallel.create_mesh(config.mesh)
-  n = mesh.shape[parallel.DATA_AXIS]
+  n = parallel.batch_ways(mesh)
   for key in ("batch_size", "eval_batch_size"):
     if config.training[key] % n:
-      raise ValueError(f"config.training.{key}: {config.training[key]} is not divisible by the {n} data-parallel "
-                       "devices (config.mesh.data_parallel)")
+      raise ValueError(f"config.training.{key}: {config.training[key]} is not divisible by the {n} batch shards "
+                       "(config.mesh.data_parallel x config.mesh.fsdp)")
   # model.init and tx.init on shapes only: catches e.g. a prunable regex that matches no param; compiles nothing.
-  jax.eval_shape(functools.partial(steps.init_state, model, tx, dataset.input_shape), jax.random.PRNGKey(0))
+  # The sharding rules are checked against the shapes here too (a rule naming an unknown axis, a split that does not
+  # divide a dimension, an n:m or block group across a shard boundary).
+  abstract = jax.eval_shape(functools.partial(steps.init_state, model, tx, dataset.input_shape), jax.random.PRNGKey(0))
+  shardings = state_sharding(config, abstract, mesh)
+  parallel.check_groups(pruner, abstract.params, shardings.params)
+  if mesh.devices.size > 1 and report.is_writer():
+    print(f"mesh {dict(mesh.shape)}; params placed as:\n{parallel.describe(abstract.params, shardings.params)}",
+          flush=True)
   return Setup(config, model, dataset, tx, num_steps, mesh, optim.make_lr_schedule(config.training, num_steps),
                pruner)
 
@@ -117,16 +124,34 @@ def create_train_state(config, model: nn.Module, dataset, rng: jax.Array,
     num_steps = config_validation.num_train_steps(config.training, dataset.num_train)
     tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), sj.create_pruner(config.sparsity))
   mesh = mesh if mesh is not None else parallel.create_mesh(None)
-  state = _jitted_init(model, tx, tuple(dataset.input_shape), mesh)(rng)
+  state = _jitted_init(model, tx, tuple(dataset.input_shape), mesh, _mesh_rules(config))(rng)
   if prune_at_init and config.sparsity.algorithm in pai.ALGORITHMS and config.sparsity.algorithm != "random":
     state = install_masks_at_init(state, config, model, dataset, mesh)
   return state
 
 
+def state_sharding(config, abstract_state: TrainState, mesh: Mesh) -> TrainState:
+  """A NamedSharding per leaf of the train state: params by `config.mesh.rules` and the FSDP default, every
+  optimizer leaf that holds one value per weight (moments, masks, scores) like its param, the rest replicated."""
+  return parallel.state_shardings(abstract_state, mesh, abstract_state.params, *_mesh_rules(config))
+
+
+def _mesh_rules(config) -> tuple:
+  """(config.mesh.rules as a hashable tuple, config.mesh.fsdp_min_size)."""
+  mesh = config.get("mesh", None) or {}
+  rules = tuple((r[0], tuple(tuple(e) if isinstance(e, list) else e for e in r[1])) for r in mesh.get("rules", ()) or ())
+  return rules, mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
+
+
 @functools.lru_cache(maxsize=8)
-def _jitted_init(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple, mesh: Mesh) -> Callable:
-  # Cached so that drivers creating several states of one setup (lottery controls) compile the init once.
-  return jax.jit(functools.partial(steps.init_state, model, tx, input_shape), out_shardings=parallel.replicated(mesh))
+def _jitted_init(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple, mesh: Mesh,
+                 mesh_rules: tuple) -> Callable:
+  """The init jitted with the state's shardings as out_shardings: the state is created sharded, never on one device
+  first. Cached so that drivers creating several states of one setup (lottery controls) compile the init once."""
+  init = functools.partial(steps.init_state, model, tx, input_shape)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = parallel.state_shardings(abstract, mesh, abstract.params, *mesh_rules)
+  return steps.under_mesh(jax.jit(init, out_shardings=shardings), mesh)
 
 
 def install_masks_at_init(state: TrainState, config, model: nn.Module, dataset, mesh: Mesh) -> TrainState:
@@ -154,8 +179,9 @@ def install_masks_at_init(state: TrainState, config, model: nn.Module, dataset, 
   collapsed = sj.layer_collapse(masks, pruner.config["min_density"])
   if collapsed and report.is_writer():
     print(f"warning: {config.sparsity.algorithm} pruned these layers (nearly) entirely: {collapsed}", flush=True)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
   state = state.replace(params=sj.apply_masks(state.params, masks), opt_state=sj.set_masks(state.opt_state, masks))
-  return parallel.put_replicated(state, mesh)
+  return jax.device_put(state, shardings)
 
 
 def train_loop(state: TrainState, step_fn: Callable, dataset, batch_size: int, mesh: Mesh, start_step: int,
@@ -167,7 +193,7 @@ def train_loop(state: TrainState, step_fn: Callable, dataset, batch_size: int, m
   """
   sync = parallel.needs_host_sync(mesh)
   for step in range(start_step, end_step):
-    batch = parallel.shard_batch(dataset.train_batch(step, batch_size), mesh)
+    batch = parallel.global_batch(functools.partial(dataset.train_batch, step, batch_size), batch_size, mesh)
     state, metrics = step_fn(state, batch)
     if sync:
       jax.block_until_ready(metrics)
@@ -329,8 +355,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                              setup.tx, setup.mesh, prune_at_init=not resuming)
   manager = checkpoint.create_manager(workdir, training.keep_checkpoints)
   start_step, state = checkpoint.restore_latest(manager, state)
-  eval_fn = make_eval_step(setup.model, setup.mesh)
-  step_fn = make_train_step(setup.model, setup.tx, setup.mesh, training.label_smoothing)
+  sharding = jax.tree.map(lambda x: x.sharding, state)
+  eval_fn = make_eval_step(setup.model, setup.mesh, sharding)
+  step_fn = make_train_step(setup.model, setup.tx, setup.mesh, training.label_smoothing, sharding)
   target = checkpoint.abstract_like(state)
   with report.MetricsWriter(workdir, start_step) as writer:
     offset, started = (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0), time.time()

@@ -14,19 +14,25 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (host) d
 
 
 def test_create_mesh():
-  assert parallel.create_mesh(None).shape == {"data": 1}
-  assert parallel.create_mesh({"data_parallel": 4}).devices.tolist() == jax.devices()[:4]
-  assert parallel.create_mesh({"data_parallel": -1}).shape == {"data": jax.device_count()}
-  for bad in (0, -2, jax.device_count() + 1, True, 2.0):
+  assert parallel.create_mesh(None).shape == {"data": 1, "fsdp": 1, "model": 1}
+  assert parallel.create_mesh({"data_parallel": 4}).devices.ravel().tolist() == jax.devices()[:4]
+  assert parallel.create_mesh({"data_parallel": -1}).shape == {"data": jax.device_count(), "fsdp": 1, "model": 1}
+  assert parallel.create_mesh({"fsdp": -1, "model": 2}).shape == {"data": 1, "fsdp": jax.device_count() // 2,
+                                                                  "model": 2}
+  for bad in (0, -2, True, 2.0):
     with pytest.raises(ValueError, match="config.mesh.data_parallel"):
       parallel.create_mesh({"data_parallel": bad})
+  with pytest.raises(ValueError, match="data_parallel x fsdp x model = 16 devices"):
+    parallel.create_mesh({"data_parallel": 2, "fsdp": 8})
+  with pytest.raises(ValueError, match="at most one axis of size -1"):
+    parallel.create_mesh({"fsdp": -1, "model": -1})
 
 
 def test_shard_batch_splits_rows_across_devices():
   mesh = parallel.create_mesh({"data_parallel": 8})
   image = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
   batch = parallel.shard_batch({"image": image, "label": np.arange(16, dtype=np.int32)}, mesh)
-  assert batch["image"].sharding.spec == PartitionSpec("data")
+  assert batch["image"].sharding.spec == PartitionSpec(("data", "fsdp"))
   shards = sorted(batch["image"].addressable_shards, key=lambda s: s.index[0].start)
   assert [s.data.shape for s in shards] == [(2, 3)] * 8
   np.testing.assert_array_equal(np.asarray(batch["image"]), image)
@@ -56,7 +62,8 @@ def _run(data_parallel, model_name, num_steps=2):
   hooks = [lambda step, state, metrics: history.append(jax.device_get(metrics))]
   state = train.train_loop(state, step_fn, data, 16, mesh, 0, num_steps, hooks)
   leaf = jax.tree.leaves(state.params)[0]
-  assert leaf.sharding.mesh.shape == {"data": data_parallel} and leaf.sharding.spec == PartitionSpec()
+  assert leaf.sharding.mesh.shape == {"data": data_parallel, "fsdp": 1, "model": 1}
+  assert leaf.sharding.spec == PartitionSpec()
   return jax.device_get(state), history
 
 

@@ -17,22 +17,23 @@ class TinyDataset:
     w = rs.randn(int(np.prod(self.input_shape)), self.num_classes)
     self.y = np.argmax(self.x.reshape(n, -1) @ w, axis=1).astype(np.int32)
 
-  def train_batch(self, step, batch_size):
+  def train_batch(self, step, batch_size, rows=slice(None)):
     epoch = step * batch_size // self.num_train
     perm = np.random.RandomState([self.seed, epoch]).permutation(self.num_train)
     start = step * batch_size % self.num_train
     idx = perm[np.arange(start, start + batch_size) % self.num_train]
-    return {"image": self.x[idx], "label": self.y[idx]}
+    return {"image": self.x[idx][rows], "label": self.y[idx][rows]}
 
-  def eval_batches(self, split, batch_size):
+  def eval_batches(self, split, batch_size, rows=slice(None)):
     assert split == "test", split
     x, y = self.x[self.num_train:], self.y[self.num_train:]
     for i in range(0, len(x), batch_size):
       xb, yb = x[i:i + batch_size], y[i:i + batch_size]
       pad = batch_size - len(xb)
-      yield {"image": np.concatenate([xb, np.zeros((pad, *self.input_shape), np.float32)]),
-             "label": np.concatenate([yb, np.zeros(pad, np.int32)]),
-             "mask": np.arange(batch_size) < len(xb)}
+      batch = {"image": np.concatenate([xb, np.zeros((pad, *self.input_shape), np.float32)]),
+               "label": np.concatenate([yb, np.zeros(pad, np.int32)]),
+               "mask": np.arange(batch_size) < len(xb)}
+      yield {k: v[rows] for k, v in batch.items()}
 
 
 def tiny_config(model="mlp", steps=6, **training):

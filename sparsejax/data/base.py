@@ -115,16 +115,21 @@ def compute_stats(source: Source, scale: float, per_channel: bool,
   return mean, np.where(std > 0, std, 1.0)
 
 
-def crop_and_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+def crop_and_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4, part: Optional[slice] = None,
+                  total: Optional[int] = None) -> np.ndarray:
   """Random crops of NHWC `images` zero-padded by `pad` pixels, each flipped left-right with probability 1/2.
 
   The standard CIFAR augmentation (He et al., 2016, "Deep Residual Learning", Sec. 4.2), done with one gather.
+  `images` may be rows `part` of a batch of `total`: the draws are those of the whole batch, so every process of a
+  multi-host run augments its rows as one process would.
   """
   b, h, w = images.shape[:3]
+  total = b if total is None else total
+  part = slice(0, b) if part is None else part
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  rows = rng.integers(0, 2 * pad + 1, size=(b, 1)) + np.arange(h)
-  cols = rng.integers(0, 2 * pad + 1, size=(b, 1)) + np.arange(w)
-  cols = np.where(rng.random((b, 1)) < 0.5, cols[:, ::-1], cols)
+  rows = (rng.integers(0, 2 * pad + 1, size=(total, 1)) + np.arange(h))[part]
+  cols = rng.integers(0, 2 * pad + 1, size=(total, 1)) + np.arange(w)
+  cols = np.where(rng.random((total, 1)) < 0.5, cols[:, ::-1], cols)[part]
   return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
@@ -205,23 +210,33 @@ class Dataset:
       position, remaining = position + len(piece), remaining - len(piece)
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-  def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """{"image": float32 (B, *input_shape), "label": int32 (B,)} of training step `step`."""
-    inputs, labels = self._sources["train"].read(self.train_indices(step, batch_size))
+  def train_batch(self, step: int, batch_size: int, rows: Optional[slice] = None) -> dict[str, np.ndarray]:
+    """{"image": float32 (B, *input_shape), "label": int32 (B,)} of training step `step`; only rows `rows` of it
+    (what one process of a multi-host run reads) when given."""
+    rows = slice(0, batch_size) if rows is None else rows
+    inputs, labels = self._sources["train"].read(self.train_indices(step, batch_size)[rows])
     if self.augment:
-      inputs = crop_and_flip(inputs, _stream(self.seed, step, _AUGMENT_STREAM))
+      inputs = crop_and_flip(inputs, _stream(self.seed, step, _AUGMENT_STREAM), part=rows, total=batch_size)
     return {"image": self.normalizer(inputs), "label": labels}
 
-  def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of `split` in order, the last one padded with zeros; "mask" (bool (B,)) marks real examples."""
+  def eval_batches(self, split: str, batch_size: int,
+                   rows: Optional[slice] = None) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of `split` in order, the last one padded with zeros; "mask" (bool (B,)) marks real examples. With
+    `rows`, only those rows of each batch (one process's part)."""
     source, batch_size = self._source(split), _positive(batch_size, "batch_size")
+    lo, hi, _ = (slice(0, batch_size) if rows is None else rows).indices(batch_size)
     for start in range(0, len(source), batch_size):
-      inputs, labels = source.read(np.arange(start, min(start + batch_size, len(source))))
-      images, real = self.normalizer(inputs), len(labels)
-      pad = batch_size - real
+      first, last = min(start + lo, len(source)), min(start + hi, len(source))
+      want, real = hi - lo, max(last - first, 0)
+      pad = want - real
+      if real:
+        inputs, labels = source.read(np.arange(first, last))
+        images = self.normalizer(inputs)
+      else:  # this process's rows of the last batch are all padding
+        images, labels = np.zeros((0, *self.input_shape), np.float32), np.zeros(0, np.int32)
       yield {"image": np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)]) if pad else images,
              "label": np.concatenate([labels, np.zeros(pad, np.int32)]) if pad else labels,
-             "mask": np.arange(batch_size) < real}
+             "mask": np.arange(want) < real}
 
   def _source(self, split: str) -> Source:
     if split not in self._sources:
