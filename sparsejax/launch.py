@@ -12,7 +12,8 @@ finished run prints its results.
 
 Exit status: 0 when the run finished (or was already finished); 2 for a bad input (a config field, a config file, a
 flag, a workdir, missing data), with one message on stderr that names what is wrong and what is accepted, and no
-traceback (`--traceback` shows it); 3 when training diverged (results.json then says "status": "diverged").
+traceback (`--traceback` shows it); 3 when training diverged (results.json then says "status": "diverged"); 143
+(128 + SIGTERM) when the run was preempted: it saved a checkpoint first, and the same command resumes from it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-BAD_INPUT, DIVERGED = 2, 3
+BAD_INPUT, DIVERGED, PREEMPTED = 2, 3, 143
 
 
 def _config_fields(argv: Sequence[str]) -> list[str]:
@@ -169,6 +170,9 @@ def run(argv: Sequence[str], stderr=None) -> int:
   except train.Diverged as e:  # an IMP level (a single run writes results.json with its status instead)
     print(f"error: {e}", file=stderr, flush=True)
     return DIVERGED
+  except train.Preempted as e:
+    print(f"stopped: {e}", file=stderr, flush=True)
+    return PREEMPTED
   except (validation.ConfigError, ValueError, OSError) as e:  # OSError: missing data, a checkpoint save that failed
     return fail(str(e))
   if results.get("status") == "diverged":

@@ -60,8 +60,11 @@ def distributed_args(environ=None) -> dict:
   `jax.distributed.initialize()` reads only the coordinator address from the environment; without the other two it
   fails with "Number of processes must be defined". All three or none must be set.
 
+  The coordinator (process 0) listens on that address only (`coordinator_bind_address`), not on every interface.
+
   >>> distributed_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
-  {'coordinator_address': '10.0.0.1:1234', 'num_processes': 2, 'process_id': 1}
+  {'coordinator_address': '10.0.0.1:1234', 'num_processes': 2, 'process_id': 1, 'coordinator_bind_address': \
+'10.0.0.1:1234'}
   """
   import os  # pylint: disable=g-import-not-at-top
   environ = os.environ if environ is None else environ
@@ -83,6 +86,7 @@ def distributed_args(environ=None) -> dict:
   if out["process_id"] >= out["num_processes"]:
     raise ValueError(f"config.mesh.multihost: JAX_PROCESS_ID={out['process_id']}; accepted values: an int in "
                      f"[0, JAX_NUM_PROCESSES={out['num_processes']})")
+  out["coordinator_bind_address"] = out["coordinator_address"]
   return out
 
 

@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -42,6 +43,42 @@ class Diverged(Exception):
   def __init__(self, step: int, what: str):
     super().__init__(f"training diverged at step {step}: {what}")
     self.step = step
+
+
+class Preempted(Exception):
+  """The run got SIGTERM (a preemption) and saved a checkpoint at `step`; rerunning the same command resumes."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted (SIGTERM) after step {step}: checkpoint {step} saved; run the same command again to "
+                     "resume from it")
+    self.step = step
+
+
+class PreemptionWatch:
+  """Whether a SIGTERM asked the run to stop. One process: a handler sets a flag. Several (jax.distributed): JAX's
+  own preemption notice, agreed on by all processes at the same step (`reached_preemption_sync_point`), so that every
+  process saves the same step together."""
+
+  def __init__(self):
+    self.signalled = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def due(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 @jax.jit
@@ -200,21 +237,22 @@ def train_loop(state: TrainState, step_fn: Callable, dataset, batch_size: int, m
     for hook in hooks:
       hook(step + 1, state, metrics)
     _fault_point("SPARSEJAX_FAULT_KILL_AFTER_STEPS")
+    _fault_point("SPARSEJAX_FAULT_TERM_AFTER_STEPS", signal.SIGTERM)
   return state
 
 
 _FAULT_COUNTS: dict = {}
 
 
-def _fault_point(name: str) -> None:
-  """Fault injection for the engine's own tests: SIGKILL this process the Nth time it passes point `name`, where N is
-  the environment variable `name` (unset: never). Real users never set these."""
+def _fault_point(name: str, sig: int = signal.SIGKILL) -> None:
+  """Fault injection for the engine's own tests: send `sig` (SIGKILL) to this process the Nth time it passes point
+  `name`, where N is the environment variable `name` (unset: never). Real users never set these."""
   at = os.environ.get(name)
   if at is None:
     return
   _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
   if _FAULT_COUNTS[name] == int(at):
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), sig)
 
 
 def is_due(step: int, every: int, end_step: int) -> bool:
@@ -242,7 +280,8 @@ def evaluate_splits(setup: Setup, eval_fn: Callable, state: TrainState) -> dict:
 
 
 def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter, progress: report.Progress,
-                   end_step: int, clock: Callable[[], float], manager=None, extra: Optional[dict] = None) -> list[Hook]:
+                   end_step: int, clock: Callable[[], float], manager=None, extra: Optional[dict] = None,
+                   preemption: Optional[PreemptionWatch] = None) -> list[Hook]:
   """The periodic work of a run, as train_loop hooks.
 
   Every `log_every` steps, and at every checkpoint step, a metrics record (train loss / accuracy averaged since the
@@ -254,6 +293,9 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
   Divergence: the loss of each step is checked at the next step (which is then already running, so the check does not
   stall the device), every loss of a record when it is written, and loss and params before a checkpoint is saved; a
   non-finite value raises `Diverged` naming the first step where it was seen, and no non-finite state is saved.
+
+  Preemption: when `preemption` reports a SIGTERM, the step's metrics record and a checkpoint are written, and
+  `Preempted` is raised; the rerun resumes from that checkpoint.
   """
   training = setup.config.training
   window, last = [], []
@@ -268,7 +310,8 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
       check_loss(*last.pop())
     last.append((step, metrics["loss"]))
     window.append(metrics)
-    checkpoint_due = is_due(step, training.checkpoint_every, end_step)
+    preempted = manager is not None and preemption is not None and preemption.due(step)
+    checkpoint_due = is_due(step, training.checkpoint_every, end_step) or preempted
     record = evaluate_splits(setup, eval_fn, state) if is_due(step, training.eval_every, end_step) else {}
     if record or checkpoint_due or is_due(step, training.log_every, end_step):
       train = jax.device_get(window)
@@ -286,6 +329,9 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
         raise Diverged(step, "a parameter is not finite")
       if manager is not None:
         checkpoint.save(manager, step, state)
+    if preempted:
+      manager.wait_until_finished()
+      raise Preempted(step)
 
   return [hook]
 
@@ -363,13 +409,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     offset, started = (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0), time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731
     progress = report.Progress(training.progress, start_step, setup.num_steps)
-    hooks = standard_hooks(setup, eval_fn, writer, progress, setup.num_steps, clock, manager)
+    preemption = PreemptionWatch()
+    hooks = standard_hooks(setup, eval_fn, writer, progress, setup.num_steps, clock, manager, preemption=preemption)
     try:
       state = train_loop(state, step_fn, setup.dataset, training.batch_size, setup.mesh, start_step,
                          setup.num_steps, hooks)
     except Diverged as e:
       progress.close()
       return _diverged(setup, eval_fn, workdir, manager, target, e, clock())
+    except Preempted:
+      progress.close()
+      manager.close()
+      raise
+    finally:
+      preemption.close()
     progress.close()
   manager.close()
   results = final_results(setup, eval_fn, state, clock())

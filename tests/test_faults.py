@@ -212,3 +212,20 @@ def test_divergence_stops_with_status_diverged_and_a_finite_checkpoint(tmp_path)
                if np.issubdtype(np.asarray(x).dtype, np.floating))
   again = _launch(config, workdir)  # a diverged run is not trained again
   assert again.returncode == 3 and json.loads((workdir / "results.json").read_text()) == results
+
+
+def test_sigterm_saves_a_checkpoint_then_the_rerun_equals_the_uninterrupted_run(reference, tmp_path):
+  """Preemption: SIGTERM after step 9 (checkpoints every 7 steps) makes the run save checkpoint 10 and exit 143;
+  the rerun resumes there and ends bit for bit where the uninterrupted run does."""
+  workdir = tmp_path / "run"
+  config = _config(tmp_path, "gmp")
+  stopped = _launch(config, workdir, {"SPARSEJAX_FAULT_TERM_AFTER_STEPS": "9"})
+  assert stopped.returncode == 143, stopped.stderr[-2000:]
+  assert "preempted (SIGTERM) after step 10: checkpoint 10 saved" in stopped.stderr
+  assert "Traceback" not in stopped.stderr
+  assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())[-1] == 10
+  resumed = _launch(config, workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  ref = reference("gmp")
+  assert _results(workdir) == _results(ref) and _metrics(workdir) == _metrics(ref)
+  assert _final_digest(workdir) == _final_digest(ref)

@@ -132,7 +132,8 @@ def test_multihost_reads_the_jax_process_variables(monkeypatch):
   named."""
   from sparsejax import parallel as par
   env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12345", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-  assert par.distributed_args(env) == {"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1}
+  assert par.distributed_args(env) == {"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1,
+                                       "coordinator_bind_address": "127.0.0.1:12345"}
   assert par.distributed_args({}) == {}
   for bad, message in [({**env, "JAX_PROCESS_ID": ""}, "JAX_PROCESS_ID not set"),
                        ({**env, "JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two'; accepted values: an int >= 1"),
