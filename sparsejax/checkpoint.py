@@ -14,6 +14,10 @@ written beside the checkpoints (`checkpoints.sha256/<step>.json`), and a restore
 that is corrupt, truncated or fails to restore is reported on stderr and the previous one is used. A save that fails
 (read-only directory, full disk) raises `SaveError` and leaves the previous checkpoints as they were.
 
+The workdir may be local or any filesystem that `etils.epath` and orbax support (`gs://bucket/run`): its paths are
+`epath.Path`s, never turned into local ones. Every process takes part in an orbax save (orbax coordinates them);
+only process 0 writes the digest files.
+
 >>> import tempfile, jax.numpy as jnp
 >>> manager = create_manager(tempfile.mkdtemp(), keep=2)
 >>> save(manager, 3, {"w": jnp.ones(2), "mask": None})
@@ -28,15 +32,21 @@ import os
 import sys
 from typing import Any, Optional
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sparsejax import report
+
 CHECKPOINT_DIR = "checkpoints"
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """`workdir/checkpoints`: made absolute when local, the same URI when remote (`gs://bucket/run/checkpoints`)."""
+  if report.is_remote(workdir):
+    return report.as_path(workdir) / CHECKPOINT_DIR
+  return report.as_path(os.path.abspath(workdir)) / CHECKPOINT_DIR
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -49,10 +59,10 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 def latest_step(workdir: str) -> Optional[int]:
   """The newest complete checkpoint step in `workdir`, or None; creates nothing."""
   path = checkpoint_dir(workdir)
-  if not os.path.isdir(path):
+  if not path.is_dir():
     return None
   # Orbax names a finished step directory by the bare number; in-progress ones carry a temporary suffix.
-  steps = [int(name) for name in os.listdir(path) if name.isdigit()]
+  steps = [int(child.name) for child in path.iterdir() if child.name.isdigit()]
   return max(steps, default=None)
 
 
@@ -70,8 +80,8 @@ def digest(state: Any) -> str:
   return h.hexdigest()
 
 
-def _digest_path(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(f"{os.fspath(manager.directory)}.sha256", f"{step}.json")
+def _digest_path(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  return report.as_path(f"{os.fspath(manager.directory)}.sha256") / f"{step}.json"
 
 
 def _fault_point_in_save() -> None:
@@ -90,11 +100,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     return
   path = _digest_path(manager, step)
   try:
-    # The digest goes first, so that no finished checkpoint exists without one.
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(f"{path}.tmp", "w") as f:
-      json.dump({"step": step, "sha256": digest(state)}, f)
-    os.replace(f"{path}.tmp", path)
+    # The digest goes first, so that no finished checkpoint exists without one. Process 0 writes it (the same bytes on
+    # every process: several writers of one file on a shared filesystem would race) before the save, whose barriers
+    # keep the others from finishing the checkpoint earlier.
+    text = json.dumps({"step": step, "sha256": digest(state)})
+    if report.is_writer():
+      path.parent.mkdir(parents=True, exist_ok=True)
+      report.write_file(path, text)
     _fault_point_in_save()
     manager.save(step, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
@@ -142,9 +154,8 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, target: Any) -> 
   except Exception as e:  # pylint: disable=broad-except (orbax / tensorstore raise many kinds on damaged files)
     raise ValueError(f"checkpoint {step} in {manager.directory} could not be read: {str(e).splitlines()[0]}") from e
   path = _digest_path(manager, step)
-  if os.path.exists(path):
-    with open(path) as f:
-      want = json.load(f)["sha256"]
+  if path.exists():
+    want = json.loads(path.read_text())["sha256"]
     if digest(state) != want:
       raise ValueError(f"checkpoint {step} in {manager.directory} is corrupt: its SHA-256 differs from the one saved "
                        "with it")

@@ -4,6 +4,10 @@ Only the files named here are ever written; a workdir that holds anything else m
 so a typo in `--workdir` cannot overwrite someone's files. With several processes (multi-host) only process 0 writes
 files and prints; every process still reads them, so all of them take the same resume decisions.
 
+Every path goes through `etils.epath`, so a workdir may be any filesystem it supports: a local directory, or a
+`gs://bucket/run` (s3://, az://, hf://) URI, used as that remote path (never as a local folder named `gs:`). Remote
+filesystems need their fsspec package (gcsfs for gs://) or TensorFlow's tf.io.gfile; local ones need nothing more.
+
 >>> import tempfile
 >>> workdir = tempfile.mkdtemp()
 >>> with MetricsWriter(workdir, resume_step=0) as writer:
@@ -19,6 +23,7 @@ import os
 import sys
 from typing import Any, Optional
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -66,24 +71,44 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def write_json(path: str, obj: Any) -> None:
+def is_remote(path: Any) -> bool:
+  """Whether `path` is a URI of a remote filesystem (`gs://...`, `s3://...`: a `scheme://` prefix)."""
+  return "://" in os.fspath(path)
+
+
+def as_path(path: Any) -> epath.Path:
+  """`path` (a str, os.PathLike or epath.Path) as an `epath.Path`: a local path as it is, a URI as that remote path."""
+  return epath.Path(path)
+
+
+def write_file(path: Any, text: str) -> None:
+  """Writes `text` to `path` so that a reader (or a killed run) never sees half of it; on every process that calls it.
+
+  A local file is written beside it, then renamed over it. A remote one is written directly: an object store
+  (gs://, s3://) publishes an object only when its upload is complete, and has no rename (it copies).
+  """
+  path = as_path(path)
+  if is_remote(path):
+    path.write_text(text)
+    return
+  tmp = as_path(f"{os.fspath(path)}.tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def write_json(path: Any, obj: Any) -> None:
   """Writes `obj` to `path` atomically (process 0 only)."""
   if not is_writer():
     return
-  # Write then rename, so a reader (or a killed run) never sees half a file.
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(finite_json(obj), f, indent=2, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  write_file(path, json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str) -> Optional[dict]:
+def read_json(path: Any) -> Optional[dict]:
   """The JSON object at `path`, or None when the file is missing."""
-  if not os.path.exists(path):
+  path = as_path(path)
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -95,9 +120,10 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
   Raises:
     ValueError: the workdir holds other files but no config.json of ours, or a config.json of a different config.
   """
-  if not os.path.isdir(workdir) or not os.listdir(workdir):
+  path = as_path(workdir)
+  if not path.is_dir() or not any(True for _ in path.iterdir()):
     return False
-  previous = read_json(os.path.join(workdir, CONFIG_FILE))
+  previous = read_json(path / CONFIG_FILE)
   if previous is None:
     raise ValueError(f"--workdir {workdir} is not empty and holds no {CONFIG_FILE} of an earlier run; choose an "
                      "empty or new directory")
@@ -111,24 +137,26 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates `workdir` and writes config.json there (process 0 only)."""
   if is_writer():
-    os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, CONFIG_FILE), config_to_dict(config))
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
+  write_json(as_path(workdir) / CONFIG_FILE, config_to_dict(config))
 
 
 def read_results(workdir: str) -> Optional[dict]:
-  return read_json(os.path.join(workdir, RESULTS_FILE))
+  return read_json(as_path(workdir) / RESULTS_FILE)
 
 
 def write_results(workdir: str, results: dict) -> None:
-  write_json(os.path.join(workdir, RESULTS_FILE), results)
+  write_json(as_path(workdir) / RESULTS_FILE, results)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  """The records of `workdir/metrics.jsonl` ([] when there is none)."""
+  path = as_path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path) as f:
+  with path.open() as f:
     # A run killed mid-write can leave a partial last line; it is dropped here and rewritten on resume.
     records = []
     for line in f:
@@ -143,22 +171,35 @@ class MetricsWriter:
   """Appends one JSON object per logged step to metrics.jsonl.
 
   On resume from checkpoint step k the records after k (written by the killed run past its last checkpoint) are
-  dropped first, so every step appears once and the file matches an uninterrupted run.
+  dropped first, so every step appears once and the file matches an uninterrupted run. A remote file (gs://) is
+  rewritten whole at every record instead: object stores cannot append (gcsfs opens 'a' as 'w') and show nothing of an
+  upload before it closes.
   """
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = as_path(workdir) / METRICS_FILE
     self.previous = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
     self._file = None
-    if is_writer():
-      with open(self.path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in self.previous)
-      self._file = open(self.path, "a")
+    self._lines = None  # remote: every line so far
+    if not is_writer():
+      return
+    lines = [json.dumps(r) + "\n" for r in self.previous]
+    if is_remote(self.path):
+      self._lines = lines
+      self.path.write_text("".join(lines))
+      return
+    with self.path.open("w") as f:
+      f.writelines(lines)
+    self._file = self.path.open("a")
 
   def write(self, record: dict) -> None:
+    line = json.dumps(finite_json(record), allow_nan=False) + "\n"
     if self._file is not None:
-      self._file.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
+      self._file.write(line)
       self._file.flush()
+    elif self._lines is not None:
+      self._lines.append(line)
+      self.path.write_text("".join(self._lines))
 
   def close(self) -> None:
     if self._file is not None:
@@ -292,7 +333,8 @@ def plot_run(workdir: str, records: list[dict], layers: dict) -> str:
   bars.set_xlabel("sparsity")
   bars.set_title("final sparsity per layer")
   fig.tight_layout()
-  path = os.path.join(workdir, PLOT_FILE)
-  fig.savefig(path, dpi=100)
+  path = as_path(workdir) / PLOT_FILE
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
-  return path
+  return os.fspath(path)

@@ -19,10 +19,12 @@ import os
 import sys
 from typing import Any, Optional
 
+from etils import epath
 import ml_collections
 
 from sparsejax import config as sparsity_config
 from sparsejax import config_validation
+from sparsejax import report
 
 # Sparsity fields that only some algorithms read: set to anything but the default for another algorithm, a warning
 # says the value is not used (configs derived from others carry fields they do not need, so it is not an error).
@@ -122,13 +124,55 @@ def _check_steps(cfg: dict, num_steps: int, what: str) -> None:
                       f"{num_steps} for rewind {cfg['rewind']!r}")
 
 
+def _check_remote_workdir(workdir: str) -> str:
+  """A `scheme://` workdir (gs://, s3://, ...), checked with what epath can tell: a supported scheme whose filesystem
+  package is installed, and no file at the path or at a parent of it.
+
+  The POSIX checks of a local workdir (write permission and owner) are skipped: an object store has neither mode bits
+  nor directories (a "directory" is a name prefix), so a missing permission surfaces as the error of the first write.
+  Whether the workdir holds our config.json, and the same config, is checked by `report.check_workdir` for every path.
+  """
+  scheme, rest = workdir.split("://", 1)
+  names = [name for name in rest.split("/") if name]
+  try:
+    epath.Path(workdir)
+  except KeyError:
+    raise ConfigError(f"--workdir: got {workdir!r}, whose scheme epath does not know; accepted values: a local "
+                      "directory path or a gs://, s3://, az:// or hf:// URI") from None
+  if not names:
+    raise ConfigError(f"--workdir: got {workdir!r}; accepted values: a URI naming a bucket and a directory in it")
+  try:
+    # The workdir, else its nearest existing parent (up to the bucket), must be a directory, not a file.
+    for depth in range(len(names), 0, -1):
+      path = epath.Path(f"{scheme}://{'/'.join(names[:depth])}")
+      if path.exists():
+        if not path.is_dir():
+          raise ConfigError(f"--workdir: got {workdir!r}, which is a file or lies under the file {os.fspath(path)!r}; "
+                            "accepted values: a directory path")
+        break
+    return workdir
+  except ConfigError:
+    raise
+  except ImportError as e:
+    raise ConfigError(f"--workdir: got {workdir!r}, which needs a filesystem package that is not installed ({e}); "
+                      "install the package it names (gcsfs for gs://, s3fs for s3://) or tensorflow") from None
+  except Exception as e:  # pylint: disable=broad-except (each remote filesystem raises its own kinds: auth, HTTP, ...)
+    raise ConfigError(f"--workdir: got {workdir!r}, which cannot be read: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}; accepted values: a URI this machine can read and "
+                      "write") from None
+
+
 def check_workdir_path(workdir: Any) -> str:
-  """The workdir as a string, refused when it cannot hold a run: empty, a file, or a directory we cannot write."""
+  """The workdir as a string, refused when it cannot hold a run: empty, a file, or a directory we cannot write.
+
+  A local path gets every check (a file, a path under a file, a directory this user cannot write); a remote one
+  (`gs://bucket/run`) those that epath can do (see `_check_remote_workdir`).
+  """
   if not isinstance(workdir, (str, os.PathLike)) or not os.fspath(workdir).strip():
     raise ConfigError(f"--workdir: got {workdir!r}; accepted values: a directory path (created when missing)")
   workdir = os.fspath(workdir)
-  if "://" in workdir:  # gs:// and other remote filesystems: orbax and etils check them when writing
-    return workdir
+  if report.is_remote(workdir):
+    return _check_remote_workdir(workdir)
   if os.path.exists(workdir):
     if not os.path.isdir(workdir):
       raise ConfigError(f"--workdir: got {workdir!r}, which is a file; accepted values: a directory path")
