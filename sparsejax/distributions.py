@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from sparsejax import select
+
 DISTRIBUTIONS = ("uniform", "er", "erk", "global")
 
 
@@ -98,10 +100,13 @@ def keep_count(sparsity, size: int) -> jax.Array:
   A Python or NumPy number is counted on the host in float64, exactly for any size a mask can have
   (`keep_count(0.9, 10**8)` is 10**7). A traced sparsity (a schedule's value between its ends, float32) is counted in
   float32, within size * 2**-23 + 1 of the exact count; `pruners.base.select_masks` counts the target itself exactly.
+  The dtype is `select.count_dtype(size)`: int32 below 2**31, else int64 under `jax_enable_x64`, else uint32 (sizes
+  below 2**32; a ValueError past that).
   """
+  dtype = select.count_dtype(int(size))
   if isinstance(sparsity, numbers.Real):
-    return jnp.asarray(round((1.0 - float(sparsity)) * size), jnp.int32)
-  return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * size).astype(jnp.int32)
+    return jnp.asarray(round((1.0 - float(sparsity)) * size), dtype)
+  return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * jnp.float32(size)).astype(dtype)
 
 
 def floor_counts(sizes: Sequence[int], min_density: float) -> list[int]:
