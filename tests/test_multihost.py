@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -67,18 +68,18 @@ def _final_state(workdir) -> dict:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   ckpt = os.path.join(workdir, "checkpoints")
   step = max(int(n) for n in os.listdir(ckpt) if n.isdigit())
+  path = os.path.join(ckpt, str(step), "default")
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(os.path.join(ckpt, str(step), "default"))
+    meta = checkpointer.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree,
+                          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    restored = checkpointer.restore(path, target)
   flat = {}
-
-  def walk(prefix, x):
-    if isinstance(x, dict):
-      for k, v in x.items():
-        walk(f"{prefix}/{k}", v)
-    elif x is not None:
-      flat[prefix] = np.asarray(x)
-
-  walk("", restored)
+  for kp, x in jax.tree_util.tree_flatten_with_path(restored)[0]:
+    flat["/" + "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in kp)] = np.asarray(x)
   return flat
 
 
