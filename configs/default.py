@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   sparsity.channel_axis = config_dict.placeholder(int)   # None: the layout's output axis ('channel')
   sparsity.prunable = config_dict.placeholder(tuple)     # regexes; None: every float leaf with ndim >= 2
   sparsity.min_density = 0.0
+  sparsity.selection = "auto"                            # auto | packed | per_layer (per_layer: where the shards are)
   sparsity.overrides = config_dict.placeholder(dict)     # {regex: sparsity}
   sparsity.begin_step = 0
   sparsity.end_step = config_dict.placeholder(int)       # None: begin_step

@@ -145,7 +145,7 @@ class Lottery:
     # Level 0 trains dense: its all-True masks are installed like any level's (the imp pruner refuses to start
     # without). Training donates the state's buffers: keep a host copy of the initial state and a restore target.
     self.target = checkpoint.abstract_like(fresh)  # the shardings of the jitted init, which every run keeps
-    self.initial = jax.device_get(with_masks(fresh, sj.get_masks(fresh.opt_state)))
+    self.initial = _keep(with_masks(fresh, sj.get_masks(fresh.opt_state)))
     self.snapshot = self.initial if self.k == 0 else None
 
   # -- the state each run starts from -------------------------------------------------------------------------
@@ -156,15 +156,17 @@ class Lottery:
     manager = self._rewind_manager()
     checkpoint.save(manager, self.k, state)
     manager.close()
-    self.snapshot = jax.device_get(state)
+    self.snapshot = _keep(state)
 
   def _on_devices(self, host_state):
+    if jax.process_count() > 1:  # kept on the devices: a copy, since the steps donate what they are given
+      host_state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, host_state)
     return jax.device_put(host_state, jax.tree.map(lambda x: x.sharding, self.target))
 
   def _load_snapshot(self):
     if self.snapshot is None:
       manager = self._rewind_manager()
-      self.snapshot = jax.device_get(checkpoint.restore(manager, self.k, self.target))
+      self.snapshot = _keep(checkpoint.restore(manager, self.k, self.target))
       manager.close()
     return self._on_devices(self.snapshot)
 
@@ -200,7 +202,8 @@ class Lottery:
   def _train(self, level, run, state, start, end):
     """Trains one run (resuming its own checkpoints); returns (final state, result dict)."""
     run_dir = _run_dir(self.workdir, level, run)
-    os.makedirs(run_dir, exist_ok=True)
+    if report.is_writer():
+      report.as_path(run_dir).mkdir(parents=True, exist_ok=True)
     manager = checkpoint.create_manager(run_dir, max(self.training.keep_checkpoints, 1))
     first = start
     resumed, restored = checkpoint.restore_latest(manager, self.target)
@@ -256,7 +259,7 @@ class Lottery:
         masks = sj.get_masks(self.initial.opt_state)
       else:  # the previous ticket level's trained weights decide this level's masks
         masks = next_masks_fn(parent.params, sj.get_masks(parent.opt_state), _Frozen(self.cfg))
-      masks = jax.device_get(masks)  # on the host: every run gets its own device copy (steps donate their state)
+      masks = _keep(masks)  # on the host: every run gets its own device copy (steps donate their state)
       entry = None
       for run in (TICKET,) + (CONTROLS[self.cfg["control"]] if level else ()):
         done = report.read_json(os.path.join(_run_dir(self.workdir, level, run), "result.json"))
@@ -267,9 +270,9 @@ class Lottery:
             state, start, end = self._start(level, run, masks, parent)
           state, done = self._train(level, run, state, start, end)
           if run == TICKET:
-            final = jax.device_get(state)  # on the host: the next level's runs each take a device copy
+            final = _keep(state)  # on the host: the next level's runs each take a device copy
         elif run == TICKET:
-          final = jax.device_get(self._final_state(level, run))
+          final = _keep(self._final_state(level, run))
         if run == TICKET:
           entry = {k: done[k] for k in ("level", "sparsity", "nnz", "test_accuracy", "test_loss",
                                         "best_test_accuracy", "best_step", "layers")}
@@ -277,7 +280,8 @@ class Lottery:
         else:
           entry["controls"][run] = {k: done[k] for k in ("sparsity", "test_accuracy", "best_test_accuracy",
                                                          "best_step")}
-        print(_level_line(done), flush=True)
+        if report.is_writer():
+          print(_level_line(done), flush=True)
       parent = final
       levels.append(entry)
       report.write_json(os.path.join(self.workdir, "levels.json"), levels)
@@ -290,11 +294,21 @@ class Lottery:
   def _merge_metrics(self):
     records = []
     root = os.path.join(self.workdir, "levels")
-    for name in sorted(os.listdir(root)):
+    if not report.is_writer():
+      return
+    for name in sorted(p.name for p in report.as_path(root).iterdir()):
       if name != "rewind":
         records += report.read_metrics(os.path.join(root, name))
-    with open(os.path.join(self.workdir, report.METRICS_FILE), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
+    report.write_file(report.as_path(self.workdir) / report.METRICS_FILE,
+                      "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _keep(tree):
+  """A copy of `tree` that outlives the donated train state: on the host with one process; on the devices with
+  several, where no process holds a sharded state whole (device_get would fail)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
 
 
 class _Frozen(dict):
@@ -336,10 +350,12 @@ def plot_levels(workdir: str, levels: list[dict], reference: Optional[dict] = No
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  path = os.path.join(workdir, "lottery.png")
-  fig.savefig(path, dpi=100)
+  path = report.as_path(workdir) / "lottery.png"
+  if report.is_writer():
+    with path.open("wb") as f:
+      fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
-  return path
+  return os.fspath(path)
 
 
 def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None, on_level=None,
@@ -362,11 +378,13 @@ def run_lottery(config, workdir: str, setup: Optional[train_lib.Setup] = None, o
   del lottery_cfg
   results = report.read_results(workdir) if resuming else None
   if results is not None and len(results.get("levels", [])) == setup.config.sparsity.levels + 1:
-    print(report.format_results(results), flush=True)
+    if report.is_writer():
+      print(report.format_results(results), flush=True)
     return results
   report.write_config(workdir, setup.config)
   results = Lottery(setup, workdir).run(on_level)
   report.write_results(workdir, results)
   plot_levels(workdir, results["levels"], reference)
-  print(report.format_results(results), flush=True)
+  if report.is_writer():
+    print(report.format_results(results), flush=True)
   return results

@@ -62,9 +62,10 @@ def distributed_args(environ=None) -> dict:
 
   The coordinator (process 0) listens on that address only (`coordinator_bind_address`), not on every interface.
 
-  >>> distributed_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
-  {'coordinator_address': '10.0.0.1:1234', 'num_processes': 2, 'process_id': 1, 'coordinator_bind_address': \
-'10.0.0.1:1234'}
+  >>> args = distributed_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+  ...                          "JAX_PROCESS_ID": "1"})
+  >>> args["coordinator_address"], args["num_processes"], args["process_id"], args["coordinator_bind_address"]
+  ('10.0.0.1:1234', 2, 1, '10.0.0.1:1234')
   """
   import os  # pylint: disable=g-import-not-at-top
   environ = os.environ if environ is None else environ
@@ -226,7 +227,7 @@ def fsdp_spec(shape, ways: int, min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
   `min_size` entries; replicated otherwise.
 
   >>> fsdp_spec((784, 300), 4), fsdp_spec((3, 3, 16, 16), 4, min_size=0), fsdp_spec((10,), 4)
-  (PartitionSpec('fsdp', None), PartitionSpec(None, None, 'fsdp', None), PartitionSpec())
+  (P('fsdp', None), P(None, None, 'fsdp', None), P())
   """
   if ways <= 1 or int(np.prod(shape)) < min_size:
     return PartitionSpec()

@@ -147,4 +147,5 @@ def test_multihost_reads_the_jax_process_variables(monkeypatch):
     monkeypatch.setenv(k, v)
   par.initialize_distributed({"multihost": True})
   par.initialize_distributed({"multihost": True})  # once per process
-  assert calls == [{"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1}]
+  assert calls == [{"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1,
+                    "coordinator_bind_address": "127.0.0.1:12345"}]

@@ -36,13 +36,12 @@ def test_collectives_parser_sees_a_gather():
   assert ("all-gather", 512) in collectives(hlo)
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_per_layer_selection_equals_packed(trial):
+def test_per_layer_selection_equals_packed():
   """The two layouts keep exactly the same entries, ties included (small integer scores tie a lot)."""
-  rng = np.random.default_rng(trial)
+  rng = np.random.default_rng(0)
   topk = jax.jit(select.topk_masks_and_counts, static_argnames=("score_fn", "mode"))
   glob = jax.jit(select.global_topk_masks, static_argnames=("weights", "mode"))
-  for _ in range(20):
+  for _ in range(12):  # each case compiles 4 selections: a few shapes, many ties
     shapes = [tuple(rng.integers(1, 6, size=rng.integers(1, 3))) for _ in range(rng.integers(1, 4))]
     xs = [jnp.asarray(rng.integers(-3, 4, size=s).astype(np.float32)) for s in shapes]
     eligible = [jnp.asarray(rng.random(s) < 0.8) for s in shapes]

@@ -153,6 +153,8 @@ def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=No
   floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]
   floor_masks = select.topk_masks(pooled, floors, elig, score_fn, plan.selection)
   rest_elig = [~f if e is None else e & ~f for f, e in zip(floor_masks, elig or [None] * len(pooled))]
-  used = sum(w * jnp.sum(f, dtype=jnp.int32) for w, f in zip(weights, floor_masks))
-  rest = select.global_topk_masks(pooled, k - used, rest_elig, weights, score_fn, plan.selection)
+  dtype = select.count_dtype(sum(sizes))  # exact past 2**31 (uint32 / int64), never below 0
+  used = sum(jnp.asarray(w, dtype) * jnp.sum(f, dtype=dtype) for w, f in zip(weights, floor_masks))
+  k = jnp.asarray(k).astype(dtype)
+  rest = select.global_topk_masks(pooled, jnp.maximum(k, used) - used, rest_elig, weights, score_fn, plan.selection)
   return [a | b for a, b in zip(floor_masks, rest)]
