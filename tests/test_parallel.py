@@ -149,3 +149,30 @@ def test_multihost_reads_the_jax_process_variables(monkeypatch):
   par.initialize_distributed({"multihost": True})  # once per process
   assert calls == [{"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1,
                     "coordinator_bind_address": "127.0.0.1:12345"}]
+
+
+def test_rules_fsdp_default_and_groups_across_shards():
+  """Rules win in order, the FSDP default splits the largest divisible dimension, bad rules name themselves, and n:m
+  groups that would straddle a shard boundary are refused naming the param."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  mesh = parallel.create_mesh({"fsdp": 4, "model": 2})
+  params = {"Dense_0": {"kernel": jnp.zeros((64, 32)), "bias": jnp.zeros(32)}, "Dense_1": {"kernel": jnp.zeros((32, 8))}}
+  specs = parallel.param_specs(params, mesh, [("Dense_1/kernel", ("model", None)), ("Dense_.*kernel", ("fsdp", "model"))],
+                               min_size=0)
+  assert specs["Dense_1"]["kernel"] == PartitionSpec("model", None)   # first match wins
+  assert specs["Dense_0"]["kernel"] == PartitionSpec("fsdp", "model")
+  assert parallel.param_specs(params, mesh, min_size=0)["Dense_0"]["kernel"] == PartitionSpec("fsdp", None)
+  assert parallel.param_specs(params, mesh)["Dense_0"]["kernel"] == PartitionSpec()  # below fsdp_min_size
+  with pytest.raises(ValueError, match=r"config.mesh.rules\[0\].*names \['tensor'\]"):
+    parallel.param_specs(params, mesh, [("kernel", ("tensor", None))])
+  with pytest.raises(ValueError, match=r"config.mesh.rules\[0\].*does not divide"):
+    parallel.param_specs({"head": {"kernel": jnp.zeros((32, 10))}}, mesh, [("head/kernel", (None, "fsdp"))])
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), parallel.param_specs(params, mesh, min_size=0),
+                           is_leaf=lambda s: isinstance(s, PartitionSpec))
+  ok = sj.create_pruner({"algorithm": "gmp", "target": 0.5, "granularity": "2:4", "end_step": 4})
+  parallel.check_groups(ok, params, shardings)  # 64 / 4 = 16 rows per shard: whole groups of 4
+  bad = sj.create_pruner({"algorithm": "gmp", "target": 0.875, "granularity": "2:16", "end_step": 4,
+                          "prunable": ["Dense_1/kernel"]})
+  with pytest.raises(ValueError, match=r"Dense_1/kernel \(32, 8\) is split.*multiple of m=16"):
+    parallel.check_groups(bad, params, shardings)  # 32 / 4 = 8 rows per shard: half a group of 16
