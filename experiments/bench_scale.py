@@ -6,11 +6,11 @@ An MLP 784-4096-4096-1024-10 (24.2M params) with Adam, batch 64, on 1, 2, 4 and 
 XLA_FLAGS when this process starts), under three meshes built by `sparsejax.parallel`:
   data        params replicated, batch split;
   fsdp        every param of 2**14 entries or more split over `fsdp` (largest divisible dimension), batch split;
-  fsdp+model  fsdp over n/2 devices and a `model` axis of 2 splitting the hidden units (rules), batch split over fsdp.
+  fsdp+model  fsdp over n/2 devices and a `model` axis of 2: hidden kernels split (fsdp, model) by rules, batch over fsdp.
 For each: the median step time of `sparsify(adam, gmp 90%)` between mask updates ("steady") and at a mask update
 ("update"), each divided by the plain Adam step on the same mesh (target for steady: <= 1.10); the bytes that device 0
-holds for params + optimizer state (masks and moments included) against one device's (target under fsdp: falls as
-1/devices); and the collectives of the compiled sparsify update (what XLA inserted: op, largest element count).
+holds for params + optimizer state (masks and moments included), and that as a fraction of the whole state (target
+under fsdp: 1/devices); and the collectives of the compiled sparsify update (what XLA inserted: op, largest element count).
 The state is initialised directly sharded (`parallel.state_shardings` as out_shardings), as the engine does.
 The devices are host threads sharing this machine's cores: step times measure the program's overhead, not speedup.
 """
@@ -30,6 +30,7 @@ def main(argv=None) -> None:
   ap.add_argument("--devices", default="1,2,4,8")
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--batch", type=int, default=64)
+  ap.add_argument("--meshes", default="data,fsdp,fsdp+model")
   args = ap.parse_args(argv)
   counts = [int(c) for c in args.devices.split(",")]
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -52,8 +53,8 @@ def main(argv=None) -> None:
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract_params))
   print(f"MLP 784-{'-'.join(map(str, widths))}-10: {n_params / 1e6:.1f}M params, Adam, batch {args.batch}; "
         f"{os.cpu_count()} CPU cores shared by the devices")
-  # the model axis splits hidden units: the output dimension of each hidden layer, the input of the next
-  model_rules = [(f"Dense_{i}/kernel", (None, "model")) for i in range(len(widths))]
+  # hidden kernels: inputs over fsdp, hidden units (outputs) over model; the head by the FSDP default
+  model_rules = [(f"dense_{i}/kernel", ("fsdp", "model")) for i in range(len(widths))]
 
   def mesh_for(kind, n):
     if kind == "data":
@@ -87,7 +88,9 @@ def main(argv=None) -> None:
       if update_every:
         update = jax.jit(lambda g, s, p: tx.update(g, s, p), in_shardings=(sh[0], sh[1], sh[0]))
         hlo = update.lower(params, state, params).compile().as_text()
-      held = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves((params, state)))
+      leaves = jax.tree.leaves((params, state))
+      held = sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves) / sum(leaf.nbytes for leaf in leaves)
+      held = (held, sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves))
       times = []
       for i in range(args.steps + 1):
         t = time.perf_counter()
@@ -108,10 +111,9 @@ def main(argv=None) -> None:
 
   gmp = lambda every: sj.create_pruner({"algorithm": "gmp", "target": 0.9, "begin_step": 0,  # noqa: E731
                                         "end_step": 10**6, "update_every": every})
-  one_device = None
-  print(f"{'mesh':<11} {'dev':>3} {'dense s':>8} {'steady':>7} {'update':>7} {'MB/device':>10} {'vs 1 dev':>8}  "
+  print(f"{'mesh':<11} {'dev':>3} {'dense s':>8} {'steady':>7} {'update':>7} {'MB/device':>10} {'of all':>8}  "
         "collectives of the mask update")
-  for kind in ("data", "fsdp", "fsdp+model"):
+  for kind in args.meshes.split(","):
     for n in counts:
       if kind == "fsdp+model" and n < 2:
         continue
@@ -119,9 +121,8 @@ def main(argv=None) -> None:
       dense, _, _ = bench(optax.adam(1e-3), mesh, rules, 0)
       steady, held, _ = bench(sj.sparsify(optax.adam(1e-3), gmp(10**6)), mesh, rules, 10**6)
       upd, _, hlo = bench(sj.sparsify(optax.adam(1e-3), gmp(1)), mesh, rules, 1)
-      one_device = one_device or held
-      print(f"{kind:<11} {n:>3} {dense:>8.3f} {steady / dense:>7.2f} {upd / dense:>7.2f} {held / 2**20:>10.1f} "
-            f"{held / one_device:>8.3f}  {collectives(hlo)}", flush=True)
+      print(f"{kind:<11} {n:>3} {dense:>8.3f} {steady / dense:>7.2f} {upd / dense:>7.2f} {held[1] / 2**20:>10.1f} "
+            f"{held[0]:>8.3f}  {collectives(hlo)}", flush=True)
   del jnp, NamedSharding, steps
   sys.stdout.flush()
 
