@@ -39,7 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 
-from sparsejax import report
+from sparsejax import report, select
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -92,10 +92,7 @@ def _checksums(leaves):
   out = []
   for x in leaves:
     bits = _as_uint32(x)
-    pos, stride = jnp.zeros(bits.shape, jnp.uint32), 1
-    for d in reversed(range(bits.ndim)):  # the flat index, in the array's own shape (and sharding)
-      pos = pos + lax.broadcasted_iota(jnp.uint32, bits.shape, d) * jnp.uint32(stride % 2**32)
-      stride *= bits.shape[d]
+    pos = select.flat_index(bits.shape)  # in the array's own shape (and sharding)
     w1, w2 = pos * jnp.uint32(2) + jnp.uint32(1), (pos * jnp.uint32(2654435761)) | jnp.uint32(1)
     out.append(jnp.stack([jnp.sum(bits * w1, dtype=jnp.uint32), jnp.sum(bits * w2, dtype=jnp.uint32)]))
   return out

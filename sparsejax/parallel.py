@@ -34,7 +34,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from sparsejax import masks as masks_lib, transform
+from sparsejax.pruners import base
+
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallelism with sharded state
 FSDP_MIN_SIZE = 2**14
@@ -129,12 +131,6 @@ def mesh_shape(mesh_config) -> dict[str, int]:
     raise ValueError(f"config.mesh: data_parallel x fsdp x model = {total} devices, but there are {available} "
                      f"({jax.devices()})")
   return sizes
-
-
-def num_data_devices(mesh_config) -> int:
-  """How many ways the batch is split: data_parallel x fsdp."""
-  sizes = mesh_shape(mesh_config)
-  return sizes["data"] * sizes["fsdp"]
 
 
 def create_mesh(mesh_config=None) -> Mesh:
@@ -245,7 +241,6 @@ def param_specs(params: Any, mesh: Mesh, rules=None, min_size: int = FSDP_MIN_SI
     ValueError: a rule naming an unknown axis, with more entries than the param has dimensions, or splitting a
       dimension the axes do not divide (the message names the rule and the param).
   """
-  from sparsejax import masks as masks_lib  # pylint: disable=g-import-not-at-top (masks imports nothing of this)
   rules = parse_rules(rules)
   ways = mesh.shape.get("fsdp", 1)
 
@@ -261,34 +256,21 @@ def param_specs(params: Any, mesh: Mesh, rules=None, min_size: int = FSDP_MIN_SI
   return masks_lib.map_prunable(lambda path, _: specs[path], params, list(specs))
 
 
-def _path_keys(kp) -> tuple:
-  from sparsejax import masks as masks_lib  # pylint: disable=g-import-not-at-top
-  return masks_lib.path_keys(kp)
-
-
 def state_specs(state: Any, params: Any, param_spec_tree: Any) -> Any:
-  """A PartitionSpec per leaf of `state` (any tree holding params and optimizer state): a leaf whose path ends with a
-  param's path and whose shape is the param's (a moment, a mask, a pruner score) gets that param's spec; one whose
-  shape ends with it (a stacked history) gets it after replicated leading axes; anything else is replicated.
-  `param_spec_tree` is `param_specs(params, ...)`."""
-  by_path = {}
-  for (kp, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(
-      param_spec_tree, is_leaf=lambda v: isinstance(v, PartitionSpec))):
-    by_path[_path_keys(kp)] = (tuple(np.shape(x)), s)
-
-  def spec(kp, x):
-    keys, shape = _path_keys(kp), tuple(np.shape(x))
-    hit = next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), None)
-    if hit is None:
-      return PartitionSpec()
-    pshape, s = hit
-    if shape == pshape:
-      return s
-    if len(shape) > len(pshape) and shape[len(shape) - len(pshape):] == pshape:
-      return PartitionSpec(*([None] * (len(shape) - len(pshape))), *s, *([None] * (len(pshape) - len(s))))
-    return PartitionSpec()
-
-  return jax.tree_util.tree_map_with_path(spec, state)
+  """A PartitionSpec per leaf of `state` (any tree holding params and optimizer state): a leaf that holds one value
+  per weight of a param (found by path and shape as `transform.state_slots` finds them: a moment, a mask, a pruner
+  score, the param itself) gets that param's spec, after replicated leading axes when stacked (a history); anything
+  else is replicated. `param_spec_tree` is `param_specs(params, ...)`."""
+  specs = jax.tree.leaves(param_spec_tree, is_leaf=lambda v: isinstance(v, PartitionSpec))
+  leaves, treedef = jax.tree.flatten(state)
+  out = [PartitionSpec()] * len(leaves)
+  for slot in transform.state_slots(state, params):
+    s = specs[slot.layer]
+    if slot.stacked:
+      ndim, pdim = np.ndim(leaves[slot.leaf]), np.ndim(jax.tree.leaves(params)[slot.layer])
+      s = PartitionSpec(*([None] * (ndim - pdim)), *s, *([None] * (pdim - len(s))))
+    out[slot.leaf] = s
+  return treedef.unflatten(out)
 
 
 def state_shardings(state: Any, mesh: Mesh, params: Any = None, rules=None, min_size: int = FSDP_MIN_SIZE) -> Any:
@@ -305,16 +287,10 @@ def state_shardings(state: Any, mesh: Mesh, params: Any = None, rules=None, min_
 
 def describe(params: Any, shardings: Any) -> str:
   """One line per param: path, shape and spec (what a run logs at start)."""
-  from sparsejax import masks as masks_lib  # pylint: disable=g-import-not-at-top
   flat = masks_lib.flatten_with_paths(params)
   specs = [s.spec for s in jax.tree.leaves(shardings, is_leaf=lambda v: isinstance(v, NamedSharding))]
   width = max(len(p) for p, _ in flat)
   return "\n".join(f"  {p:<{width}}  {str(tuple(np.shape(x))):<18} {s}" for (p, x), s in zip(flat, specs))
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  """Places every array of `tree` on all devices of `mesh`."""
-  return jax.device_put(tree, state_shardings(tree, mesh))
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> slice:
@@ -377,12 +353,10 @@ def check_groups(pruner, params: Any, shardings: Any) -> None:
   Raises:
     ValueError: naming the param, its spec, the granularity and what would divide evenly.
   """
-  from sparsejax.pruners import base  # pylint: disable=g-import-not-at-top (pruners import nothing of this)
   kind = pruner.config.get("granularity", "unstructured")
   if not isinstance(kind, str) or ":" not in kind:
     return
   plan = base.make_plan(params, pruner.config)
-  from sparsejax import masks as masks_lib  # pylint: disable=g-import-not-at-top
   flat = masks_lib.flatten_with_paths(shardings, is_leaf=lambda v: isinstance(v, NamedSharding))
   specs = {p: s.spec for p, s in flat}
   mesh = flat[0][1].mesh

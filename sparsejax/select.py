@@ -228,6 +228,16 @@ class _Packed:
     return [flat[o:o + s].reshape(shape) for o, s, shape in zip(offsets, self.sizes, self.shapes)]
 
 
+def flat_index(shape) -> jax.Array:
+  """uint32 row-major flat index of every entry of an array of `shape` (modulo 2**32), built from iotas in that shape,
+  so that it takes the sharding of the array it is combined with instead of being one replicated vector."""
+  pos, stride = jnp.zeros(shape, jnp.uint32), 1
+  for d in reversed(range(len(shape))):
+    pos = pos + lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    stride *= shape[d]
+  return pos
+
+
 class _Layers:
   """Each array in its own shape, so its keys and masks keep its sharding: every pass is elementwise on the shards
   plus one sum per array, and only those counts (int32 scalars) cross devices. One reduction per array and pass
@@ -267,14 +277,7 @@ class _Layers:
 
   def positions(self, keys, one):
     """Flat (row-major) index within each array, computed in the array's shape (and sharding)."""
-    out = []
-    for k in keys:
-      pos, stride = jnp.zeros(k.shape, jnp.uint32), 1
-      for d in reversed(range(k.ndim)):
-        pos = pos + lax.broadcasted_iota(jnp.uint32, k.shape, d) * jnp.uint32(stride)
-        stride *= k.shape[d]
-      out.append(pos * one)
-    return out
+    return [flat_index(k.shape) * one for k in keys]
 
   def unpack(self, masks):
     return list(masks)
