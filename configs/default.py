@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_samples = config_dict.placeholder(int)     # mnist1d
   config.data.train_split = config_dict.placeholder(float)   # mnist1d
   config.data.data_seed = config_dict.placeholder(int)       # mnist1d
+  config.data.context = config_dict.placeholder(int)         # pydocs: tokens per example
+  config.data.eval_windows = config_dict.placeholder(int)    # pydocs: validation / test windows kept (None: all)
 
   config.training = ml_collections.ConfigDict()
   training = config.training
@@ -56,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.log_every = 100
   training.checkpoint_every = 1000
   training.keep_checkpoints = 2
+  training.async_checkpoint = True                       # write checkpoints in the background while training
   training.progress = "auto"                             # auto | bar | lines | none
 
   # Every field of sparsejax/config.py, so that each can be set from the command line on every config.

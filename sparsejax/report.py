@@ -36,7 +36,8 @@ PLOT_FILE = "training.png"
 # Fields that do not change what is trained (display, bookkeeping, and the device count: the batch and its order are
 # the same, only float reduction order differs), so a run may be resumed with other values.
 _RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.eval_every", "training.eval_batch_size",
-                          "training.checkpoint_every", "training.keep_checkpoints", "mesh.data_parallel",
+                          "training.checkpoint_every", "training.keep_checkpoints",
+                          "training.async_checkpoint", "mesh.data_parallel",
                           "mesh.multihost", "sparsity.levels")  # more IMP levels extend a run; finished ones stay
 
 
@@ -231,8 +232,10 @@ class Progress:
       self._bar.update(1)
 
   def log(self, record: dict) -> None:
-    """Shows loss, accuracy and sparsity of a metrics record (and test accuracy when it has one)."""
-    shown = {k: record[k] for k in ("train_loss", "train_accuracy", "sparsity", "test_accuracy") if k in record}
+    """Shows loss, accuracy and sparsity of a metrics record (and test accuracy and a language model's perplexities
+    when it has them)."""
+    keys = ("train_loss", "train_accuracy", "sparsity", "test_accuracy", "validation_perplexity", "test_perplexity")
+    shown = {k: record[k] for k in keys if k in record}
     if self._bar is not None:
       self._bar.set_postfix({k.replace("train_", ""): f"{v:.4f}" for k, v in shown.items()}, refresh=False)
     elif self.mode == "lines":
@@ -251,7 +254,7 @@ def make_results(config, step: int, test: dict, summary: dict, wall_seconds: flo
   Args:
     config: the validated config (names of algorithm, dataset, model).
     step: the final step.
-    test: {"loss", "accuracy"} on `split`.
+    test: {"loss", "accuracy"} on `split` (and "perplexity" for a language model: final.test_perplexity).
     summary: `sj.summary(masks, params)` (sparsity and nnz counted from the param arrays).
     wall_seconds: training time, summed over resumed segments.
     levels: per-level records of iterative methods ([] otherwise).
@@ -260,6 +263,8 @@ def make_results(config, step: int, test: dict, summary: dict, wall_seconds: flo
   total = summary["total"]
   final = {"step": step, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
            "sparsity": total["sparsity"], "nnz": total["nnz"], "prunable_params": total["prunable_params"]}
+  if "perplexity" in test:
+    final["test_perplexity"] = test["perplexity"]
   if split != "test":
     final["eval_split"] = split
   layers = {path: {"shape": list(layer["shape"]), "sparsity": layer["sparsity"], "nnz": layer["nnz"]}
@@ -289,7 +294,9 @@ def format_results(results: dict) -> str:
   if final is None:
     return name
   lines = [f"{name}: step {final['step']}, test accuracy {num(final['test_accuracy'])}, test loss "
-           f"{num(final['test_loss'])}, sparsity {num(final['sparsity'])} ({final['nnz']}/{final['prunable_params']} "
+           f"{num(final['test_loss'])}, "
+           + (f"test perplexity {num(final['test_perplexity'])}, " if "test_perplexity" in final else "")
+           + f"sparsity {num(final['sparsity'])} ({final['nnz']}/{final['prunable_params']} "
            f"weights kept), {results['wall_seconds']:.1f} s"]
   width = max([len(p) for p in results["layers"]] + [5])
   lines.append(f"{'layer':<{width}}  {'shape':>16}  {'nnz':>10}  {'sparsity':>8}")

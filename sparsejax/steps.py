@@ -3,17 +3,20 @@
 The step is traced and compiled once per run: mask updates happen inside the `sparsify` optimizer update under
 `lax.cond`, and the step's inputs keep their shapes and shardings. `TRACES` counts traces so tests can assert it.
 Cross-entropy with optional label smoothing; BatchNorm statistics update in train mode; dropout keys are
-fold_in(rng, step), so a resumed run draws the same keys.
+fold_in(rng, step), so a resumed run draws the same keys. Language models (logits (N, T, V), labels (N, T)) go through
+the same steps: loss and accuracy are means over tokens, and evaluation adds the perplexity.
 """
 from __future__ import annotations
 
 import collections
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -23,6 +26,7 @@ from sparsejax import parallel, transform
 # How many times each step function has been traced in this process; a second trace of the train step in one run
 # means a recompile, which tests catch.
 TRACES: collections.Counter = collections.Counter()
+_MAX_LOG_PERPLEXITY = 700.0  # exp of more overflows a float64; a loss that large is a diverged model anyway
 
 
 class TrainState(struct.PyTreeNode):
@@ -117,12 +121,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
 
 
 def eval_step(model: nn.Module, state: TrainState, batch: dict) -> dict:
-  """Sums of loss and correct predictions over the real (mask True) examples of a padded batch."""
+  """Sums of loss and correct predictions over the real (mask True) examples of a padded batch; with labels (N, T)
+  (a language model's next tokens) over every token of those examples, "count" counting tokens."""
   TRACES["eval_step"] += 1
   logits = model.apply(_variables(state), batch["image"], train=False)
-  mask = batch["mask"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = jnp.argmax(logits, -1) == batch["label"]
+  mask = jnp.broadcast_to(batch["mask"].reshape(batch["mask"].shape + (1,) * (loss.ndim - 1)), loss.shape)
   return {"loss": jnp.sum(jnp.where(mask, loss, 0.0)), "correct": jnp.sum(correct & mask, dtype=jnp.int32),
           "count": jnp.sum(mask, dtype=jnp.int32)}
 
@@ -137,11 +142,14 @@ def make_eval_step(model: nn.Module, mesh: Mesh, state_sharding: Any = None) -> 
 
 
 def evaluate(eval_fn: Callable, state: TrainState, dataset, split: str, batch_size: int, mesh: Mesh) -> dict:
-  """{"loss", "accuracy"} over every example of `split` (the padding of the last batch excluded by its mask)."""
+  """{"loss", "accuracy"} over every example of `split` (the padding of the last batch excluded by its mask). For a
+  language model (labels (N, T)) both are means over tokens, and "perplexity" = exp(mean token loss) is added."""
   sync = parallel.needs_host_sync(mesh)
   totals = None
+  per_token = False
   rows = parallel.process_rows(mesh, batch_size)
   for batch in dataset.eval_batches(split, batch_size, rows):
+    per_token = np.ndim(batch["label"]) > 1
     sums = eval_fn(state, parallel.global_batch(lambda _, b=batch: b, batch_size, mesh))
     if sync:
       jax.block_until_ready(sums)
@@ -150,4 +158,7 @@ def evaluate(eval_fn: Callable, state: TrainState, dataset, split: str, batch_si
     raise ValueError(f"split {split!r} of dataset {dataset.name} is empty")
   totals = jax.device_get(totals)
   count = max(int(totals["count"]), 1)
-  return {"loss": float(totals["loss"]) / count, "accuracy": int(totals["correct"]) / count}
+  out = {"loss": float(totals["loss"]) / count, "accuracy": int(totals["correct"]) / count}
+  if per_token:
+    out["perplexity"] = math.exp(min(out["loss"], _MAX_LOG_PERPLEXITY))
+  return out

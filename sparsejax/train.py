@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 import sparsejax as sj
 from sparsejax import checkpoint, config_validation, optim, parallel, report, steps, validation
 from sparsejax.data import create_dataset
-from sparsejax.models import create_model
+from sparsejax.models import create_model, default_sharding_rules
 from sparsejax.pruners import pai
 from sparsejax.steps import TRACES, TrainState, evaluate, make_eval_step, make_train_step  # noqa: F401 (re-exported)
 
@@ -179,9 +179,11 @@ def state_sharding(config, abstract_state: TrainState, mesh: Mesh) -> TrainState
 
 
 def _mesh_rules(config) -> tuple:
-  """(config.mesh.rules as a hashable tuple, config.mesh.fsdp_min_size)."""
+  """(config.mesh.rules as a hashable tuple, config.mesh.fsdp_min_size); no rules in the config: the model's own
+  (`sparsejax.models.default_sharding_rules`, the transformers' heads and MLP split over "model")."""
   mesh = config.get("mesh", None) or {}
-  rules = tuple((r[0], tuple(tuple(e) if isinstance(e, list) else e for e in r[1])) for r in mesh.get("rules", ()) or ())
+  rules = mesh.get("rules", ()) or default_sharding_rules(config.model.name)
+  rules = tuple((r[0], tuple(tuple(e) if isinstance(e, list) else e for e in r[1])) for r in rules)
   return rules, mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
 
 
@@ -335,7 +337,7 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
       if manager is not None:
         checkpoint.save(manager, step, state)
     if preempted:
-      manager.wait_until_finished()
+      checkpoint.finish(manager)
       raise Preempted(step)
 
   return [hook]
@@ -356,6 +358,7 @@ def _diverged(setup: Setup, eval_fn: Callable, workdir: str, manager, target, er
   if report.is_writer():
     print(f"error: {error}; the run stops here. Its checkpoints are all finite; results.json describes the last "
           "one.", file=sys.stderr, flush=True)
+  checkpoint.finish(manager)
   step, state = checkpoint.restore_latest(manager, target) if manager.all_steps() else (0, None)
   manager.close()
   if state is not None:
@@ -404,7 +407,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resuming = checkpoint.latest_step(workdir) is not None
   state = create_train_state(setup.config, setup.model, setup.dataset, jax.random.PRNGKey(setup.config.seed),
                              setup.tx, setup.mesh, prune_at_init=not resuming)
-  manager = checkpoint.create_manager(workdir, training.keep_checkpoints)
+  manager = checkpoint.create_manager(workdir, training.keep_checkpoints, training.async_checkpoint)
   start_step, state = checkpoint.restore_latest(manager, state)
   sharding = jax.tree.map(lambda x: x.sharding, state)
   eval_fn = make_eval_step(setup.model, setup.mesh, sharding)
@@ -424,12 +427,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return _diverged(setup, eval_fn, workdir, manager, target, e, clock())
     except Preempted:
       progress.close()
-      manager.close()
+      checkpoint.finish(manager, close=True)
       raise
     finally:
       preemption.close()
     progress.close()
-  manager.close()
+  checkpoint.finish(manager, close=True)
   results = final_results(setup, eval_fn, state, clock())
   report.write_results(workdir, results)
   report.plot_run(workdir, report.read_metrics(workdir), results["layers"])

@@ -1,7 +1,8 @@
 """Datasets by name from `config.data`: the one place a dataset name and source are resolved.
 
 Built-in names (`DATASETS`): "mnist1d" (generated locally), "digits" (scikit-learn), "mnist" and "fashion_mnist" (IDX
-files, else TFDS). Any other name, and any name with source="tfds", is read from TFDS (`tfds_source`).
+files, else TFDS), "pydocs" (the Python documentation as byte-level language-model windows, `text`). Any other name,
+and any name with source="tfds", is read from TFDS (`tfds_source`).
 
 >>> ds = create_dataset({"name": "mnist1d"}, seed=0)
 >>> ds.num_train, ds.input_shape, ds.num_classes, ds.splits
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, NamedTuple
 
-from sparsejax.data import offline, tfds_source
+from sparsejax.data import offline, text, tfds_source
 from sparsejax.data.base import (SPLITS, ArraySource, Dataset, Loaded, Normalizer, Source, SubsetSource,
                                  crop_and_flip, split_validation)
 
@@ -59,6 +60,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(offline.load_digits, IMAGE_OPTIONS),
     "mnist": DatasetEntry(_load_idx_or_tfds, tfds_source.TFDS_OPTIONS),
     "fashion_mnist": DatasetEntry(_load_idx_or_tfds, tfds_source.TFDS_OPTIONS),
+    "pydocs": DatasetEntry(text.load_pydocs, text.TEXT_OPTIONS),
 }
 _BY_SOURCE = {"idx": DatasetEntry(_load_idx, IMAGE_OPTIONS), "tfds": DatasetEntry(_load_tfds, tfds_source.TFDS_OPTIONS)}
 
@@ -79,6 +81,8 @@ _CHECKS = {  # field -> (accepts(value), accepted values in words)
     "train_split": (lambda v: isinstance(v, float) and 0 < v < 1, "a float in (0, 1)"),
     "data_seed": (lambda v: v is None or (_is_int(v) and 0 <= v < 2**32), "None (the package's seed) or an int "
                   "in [0, 2**32)"),
+    "context": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "eval_windows": (lambda v: v is None or (_is_int(v) and v >= 1), "None (every window) or an int >= 1"),
 }
 
 
@@ -118,11 +122,13 @@ def create_dataset(data_config: Any, seed: int) -> Dataset:
   Args:
     data_config: `config.data`, a ConfigDict or dict: name, source ("auto" | "idx" | "tfds"), data_dir,
       validation_size, normalize, and per-dataset fields (mnist1d: num_samples, train_split, data_seed; image
-      datasets: augment; TFDS: in_memory). Missing fields take the defaults in `COMMON_OPTIONS` / `DATASETS`.
+      datasets: augment; TFDS: in_memory; pydocs: context, eval_windows). Missing fields take the defaults in
+      `COMMON_OPTIONS` / `DATASETS`.
     seed: the run's seed (config.seed); the training order and augmentation are functions of it and the step.
 
   Returns:
-    A `Dataset` with splits "train", "test" and, when validation_size > 0, "validation" (split off the train set).
+    A `Dataset` with splits "train", "test" and "validation" when the dataset has one (pydocs) or validation_size > 0
+    (split off the train set).
 
   Raises:
     ValueError: bad config (named field and accepted values) or an unknown dataset name.
@@ -133,7 +139,12 @@ def create_dataset(data_config: Any, seed: int) -> Dataset:
   entry, opts = resolve_options(data_config)
   loaded = entry.load(opts)
   splits = {"train": loaded.train, "test": loaded.test}
-  if opts["validation_size"]:
+  if loaded.validation is not None:
+    if opts["validation_size"]:
+      raise ValueError(f"config.data.validation_size: got {opts['validation_size']}, but {opts['name']} has its own "
+                       "validation split; accepted values: 0")
+    splits["validation"] = loaded.validation
+  elif opts["validation_size"]:
     splits["train"], splits["validation"] = split_validation(loaded.train, opts["validation_size"])
   return Dataset(opts["name"], splits, loaded.num_classes, seed, loaded.normalizer,
                  augment=opts.get("augment", False), input_shape=loaded.input_shape)

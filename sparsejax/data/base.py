@@ -134,12 +134,14 @@ def crop_and_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4, pa
 
 
 class Loaded(NamedTuple):
-  """What a dataset loader returns: the official splits and how to turn raw inputs into model inputs."""
+  """What a dataset loader returns: the official splits and how to turn raw inputs into model inputs (`normalizer`,
+  any callable raw -> model inputs, such as `Normalizer` or the int32 token ids of `sparsejax.data.text`)."""
   train: Source
   test: Source
   num_classes: int
   input_shape: tuple
   normalizer: Normalizer
+  validation: Optional[Source] = None  # a dataset's own validation split (else config.data.validation_size)
 
 
 def _stream(seed: int, counter: int, stream: int) -> np.random.Generator:
@@ -211,7 +213,8 @@ class Dataset:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
   def train_batch(self, step: int, batch_size: int, rows: Optional[slice] = None) -> dict[str, np.ndarray]:
-    """{"image": float32 (B, *input_shape), "label": int32 (B,)} of training step `step`; only rows `rows` of it
+    """{"image": float32 (B, *input_shape), "label": int32 (B,)} of training step `step` (int32 tokens and (B, T)
+    next-token labels for a language-model dataset); only rows `rows` of it
     (what one process of a multi-host run reads) when given."""
     rows = slice(0, batch_size) if rows is None else rows
     inputs, labels = self._sources["train"].read(self.train_indices(step, batch_size)[rows])
@@ -231,11 +234,12 @@ class Dataset:
       pad = want - real
       if real:
         inputs, labels = source.read(np.arange(first, last))
-        images = self.normalizer(inputs)
-      else:  # this process's rows of the last batch are all padding
-        images, labels = np.zeros((0, *self.input_shape), np.float32), np.zeros(0, np.int32)
-      yield {"image": np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)]) if pad else images,
-             "label": np.concatenate([labels, np.zeros(pad, np.int32)]) if pad else labels,
+      else:  # this process's rows of the last batch are all padding: an empty read of one example's shapes
+        inputs, labels = (a[:0] for a in source.read(np.zeros(1, np.int64)))
+      images = self.normalizer(inputs)
+      # Padding keeps the dtypes and the per-example shapes (token labels are (B, T), not (B,)).
+      yield {"image": np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images,
+             "label": np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)]) if pad else labels,
              "mask": np.arange(want) < real}
 
   def _source(self, split: str) -> Source:

@@ -2,7 +2,9 @@
 
 `create_model(config.model.name, num_classes, **other_model_fields)` is the one place a model name is resolved. Every
 model is called as `model.apply(variables, x, train=bool)` and returns float32 logits (N, num_classes); models with
-BatchNorm keep a "batch_stats" collection (apply with `mutable=["batch_stats"]` when train=True).
+BatchNorm keep a "batch_stats" collection (apply with `mutable=["batch_stats"]` when train=True). The GPT is a language
+model: int32 tokens (N, T) in, logits (N, T, num_classes) out, num_classes being its vocabulary.
+`default_sharding_rules(name)` gives the `config.mesh.rules` a model comes with (the transformers'; () for the rest).
 
 >>> import jax, jax.numpy as jnp
 >>> model = create_model("lenet300", num_classes=10)
@@ -18,11 +20,12 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from sparsejax.models import common, conv, mlp, resnet
+from sparsejax.models import common, conv, mlp, resnet, transformer
 from sparsejax.models.common import torch_bias_init, torch_kernel_init
 from sparsejax.models.conv import VGG, ConvNet, LeNet5
 from sparsejax.models.mlp import MLP
 from sparsejax.models.resnet import ResNet, WideResNet
+from sparsejax.models.transformer import GPT, ViT
 
 # Name -> constructor `f(num_classes, **kwargs) -> nn.Module`; each constructor checks its own kwargs' values. The
 # modules, not the constructors, are the package attributes, so `sparsejax.models.mlp` stays the module.
@@ -39,7 +42,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet.resnet18,
     "resnet50": resnet.resnet50,
     "wrn22_2": resnet.wrn22_2,
+    "vit": transformer.vit,
+    "gpt": transformer.gpt,
 }
+# Name -> the `config.mesh.rules` the engine uses when the config gives none.
+SHARDING_RULES: dict[str, tuple] = {name: transformer.sharding_rules(name) for name in ("vit", "gpt")}
 
 
 def model_kwargs(name: str) -> dict[str, Any]:
@@ -48,6 +55,11 @@ def model_kwargs(name: str) -> dict[str, Any]:
     raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
   params = inspect.signature(MODELS[name]).parameters.values()
   return {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY}
+
+
+def default_sharding_rules(name: str) -> tuple:
+  """The sharding rules model `name` comes with ((regex, PartitionSpec tuple) pairs; () when it has none)."""
+  return SHARDING_RULES.get(name, ())
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -74,6 +86,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "MODELS", "create_model", "model_kwargs", "torch_kernel_init", "torch_bias_init",
-    "MLP", "LeNet5", "ConvNet", "VGG", "ResNet", "WideResNet", "common", "conv", "mlp", "resnet",
+    "MODELS", "SHARDING_RULES", "create_model", "default_sharding_rules", "model_kwargs", "torch_kernel_init",
+    "torch_bias_init", "MLP", "LeNet5", "ConvNet", "VGG", "ResNet", "WideResNet", "ViT", "GPT", "common", "conv", "mlp",
+    "resnet", "transformer",
 ]
