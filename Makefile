@@ -23,7 +23,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(VPY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
-# End-to-end runs: SIGKILL and resume, damaged checkpoints, divergence, ResNet-20 on 8 devices and on mock CIFAR.
+# End-to-end runs: SIGKILL and resume (one and two processes), damaged checkpoints, divergence, ResNet-20 on 8 devices and on mock CIFAR.
 test-slow: $(VENV)/.installed-test
 	$(VPY) -m pytest $(PYTEST_ARGS) -m slow tests
 

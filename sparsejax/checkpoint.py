@@ -5,9 +5,14 @@ inside it, and the PRNG key. Nothing else is needed to resume: the data position
 a pure function of (seed, step). Mask trees hold None for non-prunable params; None is an empty subtree in JAX, so it is
 part of the tree structure that the restore target supplies and round-trips unchanged.
 
-Saving is synchronous: the train step donates the state, so its buffers are reused by the next step and must not be
-read by a background writer. Orbax writes each step to a temporary directory and renames it when complete, so a run
-killed mid-save leaves no half checkpoint behind (the temporary directory is removed when the manager next opens).
+Saves are asynchronous when the manager is made with `async_save=True` (the engine's default,
+`config.training.async_checkpoint`): `save` returns once orbax has the arrays (the blocking part: a device-to-host
+copy), and the files are written in a background thread while training goes on. The train step donates the state; a
+buffer still held by a save in flight is not reused (JAX copies instead of donating it), so a checkpoint never sees a
+later step's values (tested: a checkpoint's digest, computed before the save, is checked on restore). `finish` waits
+for the save in flight; a background failure is raised there or by the next `save` as `SaveError`. Orbax writes each
+step to a temporary directory and renames it when complete, so a run killed mid-save leaves no half checkpoint behind
+(the temporary directory is removed when the manager next opens).
 
 Checkpoints are verified: before a step is saved, a SHA-256 of the state (the path, shape, dtype and two 32-bit
 checksums of the bits of every array, computed on the devices) is written beside the checkpoints (`checkpoints.sha256/<step>.json`), and a restore recomputes it. A newest checkpoint
@@ -51,10 +56,11 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return report.as_path(os.path.abspath(workdir)) / CHECKPOINT_DIR
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """A CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps (creates the directory)."""
+def create_manager(workdir: str, keep: int, async_save: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over `workdir/checkpoints` keeping the last `keep` steps (creates the directory); with
+  `async_save`, `save` returns before the files are written (see the module docstring; `finish` waits)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -133,6 +139,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   if step in manager.all_steps():
     return
   path = _digest_path(manager, step)
+  finish(manager)  # the previous save's background failure, if any, is this one's: report it before writing more
   try:
     # The digest goes first, so that no finished checkpoint exists without one. Process 0 writes it (the same bytes on
     # every process: several writers of one file on a shared filesystem would race) before the save, whose barriers
@@ -143,10 +150,27 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
       report.write_file(path, text)
     _fault_point_in_save()
     manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
+    if not manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+      manager.wait_until_finished()
   except (OSError, ValueError) as e:
     raise SaveError(f"could not save checkpoint {step} in {manager.directory}: {e}; the earlier checkpoints and run "
                     "files are as they were") from None
+
+
+def finish(manager: ocp.CheckpointManager, close: bool = False) -> None:
+  """Waits for a save in flight (and closes the manager when `close`).
+
+  Raises:
+    SaveError: the background write failed; the earlier checkpoints are as they were.
+  """
+  try:
+    manager.wait_until_finished()
+  except (OSError, ValueError, RuntimeError) as e:
+    raise SaveError(f"could not write a checkpoint in {manager.directory}: {e}; the earlier checkpoints and run "
+                    "files are as they were") from None
+  finally:
+    if close:
+      manager.close()
 
 
 def abstract_like(target: Any) -> Any:

@@ -42,6 +42,7 @@ TRAINING_DEFAULTS = {
     "log_every": 100,
     "checkpoint_every": 1000,
     "keep_checkpoints": 2,
+    "async_checkpoint": True,
     "progress": "auto",
 }
 MESH_DEFAULTS = {"data_parallel": 1, "fsdp": 1, "model": 1, "rules": (), "fsdp_min_size": 2**14, "multihost": False}
@@ -92,6 +93,7 @@ _TRAINING_CHECKS = {
     "log_every": _int_at_least(0),
     "checkpoint_every": _int_at_least(0),
     "keep_checkpoints": _int_at_least(1),
+    "async_checkpoint": ((lambda v: isinstance(v, bool)), "True or False"),
     "progress": _choice(PROGRESS),
 }
 def _rules(v) -> bool:

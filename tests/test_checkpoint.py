@@ -73,6 +73,30 @@ def test_keeps_the_last_checkpoints_and_restores_nothing_when_empty(tmp_path):
     checkpoint.restore(manager, 4, {"other": state.params})
 
 
+def test_an_async_save_holds_the_state_it_was_given_while_donating_steps_run(tmp_path):
+  """Issue 10: saves in the background. The train step donates the state while the save is in flight; the checkpoint
+  must still hold the saved step's values (its digest, taken before the save, is verified on restore) and the next
+  save must wait for it."""
+  mesh = parallel.create_mesh(None)
+  state, _ = _state(mesh, steps=1)
+  saved = jax.tree.map(np.array, state)
+  step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1 if x.dtype == np.float32 else x, s), donate_argnums=0)
+  manager = checkpoint.create_manager(str(tmp_path), keep=3, async_save=True)
+  checkpoint.save(manager, 1, state)
+  for _ in range(3):  # donated steps while the files are written
+    state = step(state)
+  checkpoint.save(manager, 2, state)
+  checkpoint.finish(manager)
+  assert manager.all_steps() == [1, 2]
+  restored = checkpoint.restore_verified(manager, 1, state)
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  later = checkpoint.restore_verified(manager, 2, state)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(later)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  checkpoint.finish(manager, close=True)
+
+
 def _launch(workdir, num_steps):
   cmd = [sys.executable, "-m", "experiments.train", "--config=configs/mnist1d_mlp_gmp.py", f"--workdir={workdir}",
          f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=100",

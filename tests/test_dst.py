@@ -48,7 +48,34 @@ def test_set_update_keeps_survivors_and_grows_at_random():
   mask = np.asarray(new.masks["layer"]["kernel"])
   survivors = (W != 0) & (np.abs(W) > 0.2)
   assert mask.sum() == 8 and np.all(mask[survivors])
-  assert not np.array_equal(np.asarray(new.rng), np.asarray(old.rng))  # the key advanced
+  np.testing.assert_array_equal(np.asarray(new.rng), np.asarray(old.rng))  # the key is the seed's, never advanced
+
+
+def test_set_growth_is_a_function_of_seed_and_step():
+  """Issue 10 item 5: every host (and a resumed run) draws SET's growth from fold_in(PRNGKey(seed), step), so the
+  same state at the same step grows the same positions, and another step or seed grows others."""
+  cfg = {"algorithm": "set", "target": 0.5, "end_step": 1000, "update_every": 10, "drop_fraction": 0.5,
+         "drop_schedule": "constant", "init_distribution": "uniform"}
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(64, 64)), jnp.float32)}
+  update = {}
+  for seed in (0, 1):
+    pruner = sj.create_pruner({**cfg, "seed": seed})
+    update[seed] = (jax.jit(pruner.update), pruner.init(params))
+  masks = lambda seed, step: np.asarray(update[seed][0](params, params, update[seed][1], jnp.int32(step)).masks["w"])
+  np.testing.assert_array_equal(masks(0, 20), masks(0, 20))
+  assert not np.array_equal(masks(0, 20), masks(0, 30))
+  assert not np.array_equal(masks(0, 20), masks(1, 20))
+  # By hand: keep the 1024 largest |w| of the current mask, grow the 1024 largest noise values of fold_in(key, 20)
+  # among the other positions (the dropped ones included, as the code and RigL's reference do).
+  key = jax.random.fold_in(update[0][1].rng, 20)
+  noise = np.asarray(sj.scores.uniform_noise(key, [(64, 64)])[0]).ravel()
+  current = np.asarray(update[0][1].masks["w"]).ravel()
+  w = np.abs(np.asarray(params["w"])).ravel()
+  survive = np.zeros(w.size, bool)
+  survive[np.argsort(-np.where(current, w, -1.0), kind="stable")[:1024]] = True
+  grown = np.zeros(w.size, bool)
+  grown[np.argsort(-np.where(survive, -1.0, noise), kind="stable")[:1024]] = True
+  np.testing.assert_array_equal(masks(0, 20).ravel(), survive | grown)
 
 
 @pytest.mark.parametrize("schedule,steps", [("cosine", (0, 30, 70)), ("linear", (40,)), ("constant", (90,))])

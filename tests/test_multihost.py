@@ -25,8 +25,7 @@ FLAGS = [f"--config.training.num_steps={STEPS}", "--config.training.batch_size=6
          "--config.sparsity.end_step=12", "--config.sparsity.update_every=4", "--config.mesh.fsdp=-1",
          "--config.mesh.fsdp_min_size=0", "--config.training.progress=none"]
 
-pytestmark = pytest.mark.slow
-
+# `make test` runs the gmp comparison (about a minute: two launches); rigl and the kill/resume run in `make test-slow`.
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -107,7 +106,7 @@ def runs(tmp_path_factory):
   return get
 
 
-@pytest.mark.parametrize("algorithm", ["gmp", "rigl"])
+@pytest.mark.parametrize("algorithm", ["gmp", pytest.param("rigl", marks=pytest.mark.slow)])
 def test_two_processes_train_what_one_process_with_8_devices_trains(algorithm, runs):
   two, one = runs(algorithm, 2), runs(algorithm, 1)
   a, b = _final_state(two), _final_state(one)
@@ -127,6 +126,7 @@ def test_two_processes_train_what_one_process_with_8_devices_trains(algorithm, r
   assert ra["final"]["test_accuracy"] == pytest.approx(rb["final"]["test_accuracy"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_run(runs, tmp_path):
   workdir = tmp_path / "run"
   killed = _launch("gmp", workdir, 2, {"SPARSEJAX_FAULT_KILL_AFTER_STEPS": "12"})  # checkpoints 5 and 10

@@ -77,15 +77,16 @@ def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, frac
   return chosen if unstructured else [g.expand(c, m.shape) for g, c, m in zip(grans, chosen, masks)]
 
 
-def _rigl_growth(params, grads, plan, rng):
-  del params  # growth by the dense gradient alone: |g|, taken on the packed layers
-  return base.leaves_at(grads, plan.paths), jnp.abs, rng
+def _rigl_growth(params, grads, plan, rng, step):
+  del params, rng, step  # growth by the dense gradient alone: |g|, taken on the packed layers
+  return base.leaves_at(grads, plan.paths), jnp.abs
 
 
-def _set_growth(params, grads, plan, rng):
+def _set_growth(params, grads, plan, rng, step):
+  """Random growth scores from fold_in(key, step): a function of the seed and the step alone, so every process of a
+  multi-host run, a resumed run and a replayed step draw the same positions without exchanging them."""
   del params, grads  # SET grows at random
-  rng, key = jax.random.split(rng)
-  return scores.uniform_noise(key, plan.shapes), None, rng
+  return scores.uniform_noise(jax.random.fold_in(rng, step), plan.shapes), None
 
 
 def _first_state(params, cfg: dict, sparsity: float, dense: bool = False) -> base.PrunerState:
@@ -102,17 +103,17 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
 
   def update(params, grads, state, step):
     plan = init_plan(params, cfg, cfg["target"])
-    grow, grow_fn, rng = growth(params, grads, plan, state.rng)
+    grow, grow_fn = growth(params, grads, plan, state.rng, step)
     new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), base.leaves_at(params, plan.paths),
                         grow, drop(step), jnp.abs, grow_fn, plan.selection)
-    return state._replace(masks=base.from_leaves(params, plan, new), rng=rng)
+    return state._replace(masks=base.from_leaves(params, plan, new))
 
   return base.Pruner(lambda params: _first_state(params, cfg, cfg["target"]),
                      lambda t: on_grid(t, begin, end, every), update, None, cfg, grows=True)
 
 
 def set_(cfg: dict) -> base.Pruner:
-  """SET (Mocanu et al. 2018): drop the smallest-magnitude kept weights, grow as many at random (state's key)."""
+  """SET (Mocanu et al. 2018): drop the smallest-magnitude kept weights, grow as many at random (key fold_in(PRNGKey(seed), step))."""
   return _regrowth_pruner(cfg, _set_growth)
 
 
