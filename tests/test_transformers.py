@@ -205,9 +205,12 @@ def test_the_installed_corpus():
   paths = text.list_documents(text.CORPUS_DIR)
   sizes = {s: sum(os.path.getsize(os.path.join(text.CORPUS_DIR, p)) for p in paths if text.split_of(p) == s)
            for s in ("train", "validation", "test")}
-  assert len(paths) == 497 and sizes == {"train": 9_521_778, "validation": 703_267, "test": 823_230}
+  # Debian 12's 3.11.2 package: 497 files; train 9,521,778 bytes, validation 703,267, test 823,230 (440, 25, 32 files).
+  # Other releases of the package differ a little, so the test checks proportions.
+  assert len(paths) > 400 and sizes["train"] > 0.8 * sum(sizes.values()) and min(sizes.values()) > 300_000
   ds = create_dataset({"name": "pydocs", "context": 256}, seed=0)
-  assert ds.num_train == (9_521_778 + 440 - 1) // 256  # 440 train documents, each ending in EOS
+  train_docs = sum(text.split_of(p) == "train" for p in paths)
+  assert ds.num_train == (sizes["train"] + train_docs - 1) // 256  # every train document ends in EOS
   assert b"Python" in text.decode(ds.train_batch(0, 64)["image"])
 
 
@@ -267,8 +270,24 @@ def _sharded_steps(name: str, scan: bool, data, num_steps: int = 2):
 
 
 @needs_8
-@pytest.mark.parametrize("name,scan", [("gpt", True), pytest.param("vit", True, marks=pytest.mark.slow),
-                                       pytest.param("gpt", False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name,scan", [("gpt", True), ("gpt", False), ("vit", True), ("vit", False)])
+def test_rules_place_scanned_and_unrolled_params(name, scan):
+  """Shapes only (nothing compiles): every rule divides its param on the mesh, and the specs are the ones written out
+  above."""
+  mesh = parallel.create_mesh({"data_parallel": 2, "fsdp": 2, "model": 2})
+  model = create_model(name, VOCAB if name == "gpt" else 10, **(GPT_KW if name == "gpt" else VIT_KW), scan=scan)
+  x = jnp.zeros((1, 16), jnp.int32) if name == "gpt" else jnp.zeros((1, *IMAGE))
+  specs = parallel.param_specs(_shapes(model, x), mesh, default_sharding_rules(name))
+  flat = dict(masks_lib.flatten_with_paths(specs, is_leaf=lambda v: isinstance(v, P)))
+  found = {path: flat[path] for path in EXPECTED_SPECS if path in flat}
+  assert len(found) >= 3 and found == {path: EXPECTED_SPECS[path] for path in found}
+  assert all(spec == P() for path, spec in flat.items() if "/ln" in path or path.startswith("ln_f"))
+
+
+# Each compiles a sharded train step: about 30 s on 2 shared cores.
+@pytest.mark.slow
+@needs_8
+@pytest.mark.parametrize("name,scan", [("gpt", True), ("vit", True), ("gpt", False)])
 def test_sparse_training_step_on_a_data_fsdp_model_mesh(name, scan, corpus):
   data = (create_dataset({"name": "pydocs", "data_dir": corpus, "context": 16}, seed=0) if name == "gpt"
           else TinyDataset(input_shape=IMAGE))
@@ -329,4 +348,5 @@ def test_text_config_validates(monkeypatch):
   assert config.model.name == "gpt" and config.data.context == config.model.context == 128
   assert "configs/text_gpt_dense.py" in text_gpt_dense.__doc__
   model = create_model("gpt", VOCAB, **{k: v for k, v in config.model.to_dict().items() if k != "name"})
-  assert _count(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128), jnp.int32))) == 842_624  # nano, context 128
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128), jnp.int32))
+  assert _count(shapes) == 859_008 - 128 * 128  # nano has 859,008 at context 256: 128 positions fewer

@@ -41,8 +41,8 @@ from sparsejax.models import common
 
 # (width, depth, heads): ViT-B from Dosovitskiy et al. 2021 (Table 1), Ti and S from Touvron et al. 2021 (DeiT).
 VIT_SIZES = {"ti": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12)}
-# (width, depth, heads), 0.86M, 3.3M, 10.8M and 85M params with the 257-token byte vocabulary, context 256; "small" is GPT-2
-# small (Radford et al. 2019), 124M params with its 50257-token vocabulary and context 1024.
+# (width, depth, heads): 0.86M, 3.3M, 10.8M and 85M params with the 257-token byte vocabulary and context 256;
+# "small" is GPT-2 small (Radford et al. 2019), 124M params with its 50257-token vocabulary and context 1024.
 GPT_SIZES = {"nano": (128, 4, 4), "micro": (256, 4, 4), "mini": (384, 6, 6), "small": (768, 12, 12)}
 POOLS = ("cls", "gap")
 EMBED_STD = 0.02  # token, position and class embeddings: GPT-2's normal(0.02)
@@ -203,7 +203,8 @@ class GPT(nn.Module):
 
 def _check_size(model: str, sizes: dict, size: str, width: Any, depth: Any, heads: Any, mlp_ratio: Any,
                 dropout: Any, scan: Any) -> dict:
-  """The checked (width, depth, heads, mlp_ratio, dropout, scan) of a size preset with overrides (None: the preset's)."""
+  """The checked width, depth, heads, mlp_ratio, dropout and scan of a size preset with overrides (None: the
+  preset's)."""
   common.check_choice(model, "size", size, tuple(sizes))
   preset = dict(zip(("width", "depth", "heads"), sizes[size]))
   given = {"width": width, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio}
