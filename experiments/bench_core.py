@@ -1,11 +1,11 @@
 """Benchmarks of the core library, each a ratio against a baseline run in the same process.
 
-  python -m experiments.bench_core [--repeats 7] [--sizes 1e7,1e8]
+  python -m experiments.bench_core [--repeats 7] [--sizes 1e7,1e8] [--only c] [--modes packed,per_layer]
 
 (a) steady-state train step with `sparsify` / plain optax step: MLP 784-1024-10, batch 128, SGD momentum and Adam.
 (b) a whole GMP run (0 -> 90% uniform, an update every 10 steps over steps 0-100, 200 steps) / the same dense run.
 (c) exact top-k selection / jnp.argsort on n float32 scores (k = n / 10), and the peak temporary memory XLA reserves
-    for each. Targets (issue 10, item 8): ratio <= 0.05, under 1 s at 10**8, temporary memory <= 1x the scores.
+    for each; --modes picks the layouts timed (`select.per_layer`: packed, or per_layer as on sharded arrays). Targets (issue 10, item 8): ratio <= 0.05, under 1 s at 10**8, temporary memory <= 1x the scores.
 Measurements are interleaved (baseline, candidate, baseline, ...) and the median of the repeats is reported.
 """
 from __future__ import annotations
@@ -107,26 +107,32 @@ def _temp_bytes(fn, *args):
   return getattr(mem, "temp_size_in_bytes", float("nan"))
 
 
-def bench_select(sizes, repeats):
+def bench_select(sizes, repeats, modes=("packed",)):
   for n in sizes:
     x = jax.random.normal(jax.random.key(1), (n,))
     k = jnp.int32(n // 10)
-    ours = jax.jit(sj.select.topk_mask)
+    fns = {mode: (lambda x, k, mode=mode: sj.select.topk_masks([x], [k], mode=mode)[0]) for mode in modes}
     sort = jax.jit(jnp.argsort)
-    ours(x, k).block_until_ready()
     sort(x).block_until_ready()
+    jitted = {mode: jax.jit(f) for mode, f in fns.items()}
+    for f in jitted.values():
+      f(x, k).block_until_ready()
 
     def timed(f, *a):
       t = time.perf_counter()
       jax.block_until_ready(f(*a))
       return time.perf_counter() - t
 
-    med = _interleaved({"argsort": lambda: timed(sort, x), "topk": lambda: timed(ours, x, k)}, repeats)
-    mem_ours, mem_sort = _temp_bytes(sj.select.topk_mask, x, k), _temp_bytes(jnp.argsort, x)
-    print(f"(c) n={n:.0e}  argsort {med['argsort']:.3f} s  topk {med['topk']:.3f} s  "
-          f"ratio {med['topk'] / med['argsort']:.3f} (target <= 0.05)  "
-          f"temp memory: topk {mem_ours / 2**20:.0f} MiB, argsort {mem_sort / 2**20:.0f} MiB, "
-          f"scores {n * 4 / 2**20:.0f} MiB ({mem_ours / (n * 4):.1f}x; target <= 1x)")
+    runs = {"argsort": lambda: timed(sort, x)}
+    runs.update({mode: (lambda f=f: timed(f, x, k)) for mode, f in jitted.items()})
+    med = _interleaved(runs, repeats)
+    mem_sort = _temp_bytes(jnp.argsort, x)
+    for mode, f in fns.items():
+      mem_ours = _temp_bytes(f, x, k)
+      print(f"(c) n={n:.0e} {mode:9s} argsort {med['argsort']:.3f} s  topk {med[mode]:.3f} s  "
+            f"ratio {med[mode] / med['argsort']:.3f} (target <= 0.05)  "
+            f"temp memory: topk {mem_ours / 2**20:.0f} MiB, argsort {mem_sort / 2**20:.0f} MiB, "
+            f"scores {n * 4 / 2**20:.0f} MiB ({mem_ours / (n * 4):.2f}x; target <= 1x)")
     del x
 
 
@@ -135,6 +141,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--sizes", default="1e7,1e8", help="comma-separated score counts for (c)")
   parser.add_argument("--only", default="abc", help="which benchmarks to run, e.g. 'ab'")
+  parser.add_argument("--modes", default="packed", help="selection layouts for (c): packed, per_layer or both")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(jax.devices())} device(s)")
   if "a" in args.only:
@@ -142,7 +149,7 @@ def main():
   if "b" in args.only:
     bench_gmp_run(args.repeats)
   if "c" in args.only:
-    bench_select([int(float(s)) for s in args.sizes.split(",")], max(3, args.repeats // 2))
+    bench_select([int(float(s)) for s in args.sizes.split(",")], max(3, args.repeats // 2), args.modes.split(","))
 
 
 if __name__ == "__main__":

@@ -3,29 +3,32 @@
 A full sort of the scores (what jaxpruner does at every mask update) costs O(n log n) time and several copies of the
 scores in memory. Here the k-th largest score is found by a radix select over an order-preserving uint32 key: each
 pass histograms the next digit of the keys whose higher digits equal the prefix found so far (a scatter-add into
-2**w bins) and keeps the bin where the count from the top reaches k, so the threshold takes 3 passes (digits of 11,
-11 and 10 bits; the packed layout, for arrays that are not sharded). The last histogram also gives how many keys tie
+2**w bins) and keeps the bin where the count from the top reaches k. The last histogram also gives how many keys tie
 at the threshold and how many of them to keep; only when some but not all are kept are the ties split, lowest
-positions first: one more pass counts the tied entries of each row, and cumulative sums over rows (and over the one
-row split per array) give the last position kept (`_Packed.lowest`, past 2**22 entries; below, a binary search over
-positions, which compiles faster). `k` may be a traced value.
+positions first, into one last position kept per array, so the masks are written once, by one elementwise pass.
+`k` may be a traced value.
 
-The per-layer layout (sharded arrays) keeps the binary search over the 32 bits of the key, a compare and a count per
-bit, and over positions for the ties, so that only one count per array crosses devices (a radix pass would sum a
-256-bin histogram across devices; tests/test_sharded_core.py bounds those all-reduces by the layer count).
+Two layouts (`per_layer`):
+- packed (arrays that are not sharded): all arrays in one (rows, 1024) array of keys, 3 passes of 11, 11 and 10-bit
+  digits. Each pass runs over blocks of rows (`_BLOCK` entries), so the scatter's indices and updates are block-sized
+  and the keys are the only array of the scores' size that XLA keeps (temporary memory about 1x the scores, was
+  2.75-3.3x). Ties are split by per-row counts and cumulative sums over rows (`_Packed.lowest`, past 2**22 entries)
+  or, below, by a binary search over positions (a pass per bit of a position; it compiles faster).
+- per layer (sharded arrays): each array keeps its shape and sharding; 4 passes of 8-bit digits, a 256-bin histogram
+  per array and pass (the scatter-add runs on each shard and GSPMD all-reduces the bins: tests/test_sharded_core.py
+  checks that nothing larger crosses devices), ties split by a binary search over flat positions (one count per
+  array and bisection step). On one device the 4 passes are faster than the 32-pass bisection over key bits they
+  replace (experiments/bench_core.py --modes per_layer).
 
-Measured on a 2-core CPU shared with other work, 10**8 float32 scores, k = 10**7: 0.85-0.91 s for `topk_mask`
-(3.4 s before); with the radix threshold but the ties split by a binary search over positions (27 counting passes:
-10**8 normal samples tie at the threshold) it took 2.7 s. XLA:CPU runs a scatter serially (about 3 ns an entry), so
-wider digits (fewer passes) win; comparing against several thresholds per pass was 10x slower (XLA materialised the
-broadcast compare).
-The scatter needs its indices (int16 while L * 2048 < 2**15) and its updates as arrays: temporary memory is about 3x
-the scores (keys, indices, updates), not 1x.
+XLA:CPU runs a scatter serially (about 3 ns an entry), so wider digits (fewer passes) win where nothing is summed
+across devices; comparing against several thresholds per pass was 10x slower (XLA materialised the broadcast compare).
 
-Counts are exact at any size the layouts accept: they are int32 while every count fits (the common case, unchanged
-dtypes), int64 when `jax_enable_x64` is on, and uint32 otherwise (exact below 2**32; subtractions are written never to
-go below zero). Without x64 a selection whose weighted total reaches 2**32 raises a ValueError naming the flag, and
-positions are uint32, so one layout holds under 2**32 entries.
+Counts are exact at any size: per array they are int32 while every count fits (the common case, unchanged dtypes),
+int64 under `jax_enable_x64`, else uint32 (below 2**32; subtractions are written never to go below zero). A global
+selection whose weighted total reaches 2**32 without x64 counts in two uint32 words (`_Wide`, with carries; histogram
+sums split into 16-bit halves so no partial sum wraps), its k given as a Python int, a float, a (hi, lo) `_Wide` or an
+integer array; 'auto' then picks the per-layer layout (the packed one needs one-word counts and fewer than 2**32
+entries in all). Positions are uint32, so one array must have fewer than 2**32 entries (a ValueError says so).
 
 >>> import jax.numpy as jnp
 >>> topk_mask(jnp.array([0.3, -1.0, 2.0, 0.3]), 2).tolist()
@@ -33,30 +36,164 @@ positions are uint32, so one layout holds under 2**32 entries.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec
 
 _BITS = 32
 _INT32_MAX = 2**31 - 1
+_WORD = 2**32  # counts from here on need two uint32 words without x64 (patched small by tests)
 # Ties of packed selections of more than 2**22 entries are split by `_Packed.lowest` (one pass; 0.3 s more to compile),
 # smaller ones by a binary search over positions (a pass per bit of a position, one compiled loop body).
 _LOWEST_BITS = 22
+_BLOCK = 2**16  # entries per block of a packed pass: block-sized scatter indices instead of score-sized ones
+_SCATTER_DIMS = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                            scatter_dims_to_operand_dims=(0,))
 
 
 def count_dtype(total: int):
   """dtype of counts up to `total` (an exact Python int): int32 when it fits, else int64 under `jax_enable_x64`, else
-  uint32 below 2**32; a ValueError past that (the counts could not be exact)."""
+  uint32 below 2**32; a ValueError past that (one word could not count exactly: global selections then count in two,
+  see `_Wide`)."""
   if total <= _INT32_MAX:
     return jnp.int32
   if jax.config.jax_enable_x64:
     return jnp.int64
-  if total < 2**32:
+  if total < _WORD:
     return jnp.uint32
   raise ValueError(f"select: counts up to {total} need 64-bit integers; set jax.config.update('jax_enable_x64', True)")
+
+
+def _needs_two_words(total: int) -> bool:
+  return total >= _WORD and not jax.config.jax_enable_x64
+
+
+class _Wide(NamedTuple):
+  """A count in two uint32 words: hi * 2**32 + lo (exact up to 2**64)."""
+  hi: jax.Array
+  lo: jax.Array
+
+
+class _OneWord:
+  """Count arithmetic in one integer dtype (the common case)."""
+
+  def __init__(self, dtype):
+    self.dtype = dtype
+
+  def of(self, x):
+    return jnp.asarray(x).astype(self.dtype)
+
+  def add(self, a, b):
+    return a + b
+
+  def sub(self, a, b):  # b <= a
+    return a - b
+
+  def ge(self, a, b):
+    return a >= b
+
+  def min(self, a, b):
+    return jnp.minimum(a, b)
+
+  def where(self, c, a, b):
+    return jnp.where(c, a, b)
+
+  def sum(self, x, axis):
+    return jnp.sum(self.of(x), axis)
+
+  def cumsum(self, x, axis, reverse=False):
+    return lax.cumsum(self.of(x), axis % jnp.ndim(x), reverse=reverse)
+
+  def take(self, a, b):
+    return jnp.take_along_axis(a, b[..., None], -1)[..., 0]
+
+  def expand(self, a):
+    return a[..., None]
+
+  def narrow(self, a, dtype):  # a value known to fit `dtype`
+    return a.astype(dtype)
+
+  def clip(self, k, limit: int):
+    return _clip_k(k, limit, self.dtype)
+
+
+class _TwoWords(_OneWord):
+  """Count arithmetic on `_Wide` values (two uint32 words with carries), for totals of 2**32 and more without x64."""
+
+  def __init__(self):
+    super().__init__(jnp.uint32)
+
+  def of(self, x):
+    if isinstance(x, _Wide):
+      return x
+    x = jnp.asarray(x).astype(jnp.uint32)
+    return _Wide(jnp.zeros_like(x), x)
+
+  def const(self, v: int):
+    return _Wide(jnp.uint32(v >> 32), jnp.uint32(v & 0xFFFFFFFF))
+
+  def add(self, a, b):
+    lo = a.lo + b.lo
+    return _Wide(a.hi + b.hi + (lo < a.lo).astype(jnp.uint32), lo)
+
+  def sub(self, a, b):
+    return _Wide(a.hi - b.hi - (a.lo < b.lo).astype(jnp.uint32), a.lo - b.lo)
+
+  def ge(self, a, b):
+    return (a.hi > b.hi) | ((a.hi == b.hi) & (a.lo >= b.lo))
+
+  def min(self, a, b):
+    return self.where(self.ge(a, b), b, a)
+
+  def where(self, c, a, b):
+    return _Wide(jnp.where(c, a.hi, b.hi), jnp.where(c, a.lo, b.lo))
+
+  def _halves(self, reduce, x):
+    """reduce (a sum or cumsum) of a two-word x: the 16-bit halves of x.lo are reduced apart, exact below 2**16
+    terms, and recombined with their carry."""
+    x = self.of(x)
+    low, high = reduce(x.lo & jnp.uint32(0xFFFF)), reduce(x.lo >> 16)
+    return self.add(_Wide(reduce(x.hi) + (high >> 16), high << 16), _Wide(jnp.zeros_like(low), low))
+
+  def sum(self, x, axis):
+    return self._halves(lambda a: jnp.sum(a, axis), x)
+
+  def cumsum(self, x, axis, reverse=False):
+    return self._halves(lambda a: lax.cumsum(a, axis % jnp.ndim(a), reverse=reverse), x)
+
+  def take(self, a, b):
+    return _Wide(super().take(a.hi, b), super().take(a.lo, b))
+
+  def expand(self, a):
+    return _Wide(a.hi[..., None], a.lo[..., None])
+
+  def narrow(self, a, dtype):
+    return a.lo.astype(dtype)
+
+  def clip(self, k, limit: int):
+    """k (a Python int, `_Wide`, integer or float array) as a `_Wide` clipped to [0, limit]."""
+    if isinstance(k, (int, np.integer)):
+      return self.const(min(max(int(k), 0), limit))
+    if isinstance(k, _Wide):
+      k = _Wide(jnp.asarray(k.hi).astype(jnp.uint32), jnp.asarray(k.lo).astype(jnp.uint32))
+    else:
+      k = jnp.asarray(k)
+      if jnp.issubdtype(k.dtype, jnp.floating):
+        # Exact for integral floats: hi * 2**32 and k are both multiples of k's ulp, whose difference fits.
+        k = jnp.maximum(k, 0)
+        hi = jnp.floor(k * 2.0**-32)
+        k = _Wide(hi.astype(jnp.uint32), (k - hi * 2.0**32).astype(jnp.uint32))
+      else:
+        k = self.of(jnp.maximum(k, 0) if jnp.issubdtype(k.dtype, jnp.signedinteger) else k)
+    return self.min(k, self.const(limit))
+
+
+def _arithmetic(total: int):
+  return _TwoWords() if _needs_two_words(total) else _OneWord(count_dtype(total))
 
 
 def sortable_key(scores: jax.Array) -> jax.Array:
@@ -82,6 +219,12 @@ def _bisect(count_at_least, k, init, nbits):
   return lax.fori_loop(0, nbits, body, init)
 
 
+def _traced_one(need):
+  """A uint32 1 that XLA cannot fold: positions multiplied by it stay inside the loop that uses them (hoisted out,
+  they would be materialised, 4 bytes an entry)."""
+  return jnp.where(jnp.min(need) >= 0, jnp.uint32(1), jnp.uint32(0))
+
+
 _CHUNK = 1024  # row length of the packed layout
 MODES = ("auto", "packed", "per_layer")
 
@@ -98,7 +241,8 @@ def typed_sharded(x) -> bool:
 def per_layer(arrays, mode: str = "auto") -> bool:
   """Whether a selection over `arrays` runs layer by layer where their shards are ('per_layer'), or on one packed
   array ('packed', fewer kernels to compile). 'auto': per layer when an array's type is sharded (Explicit meshes) or
-  when a mesh of more than one device is set (`jax.set_mesh`), packed otherwise."""
+  when a mesh of more than one device is set (`jax.set_mesh`), packed otherwise (and per layer for selections the
+  packed layout cannot count exactly: see `_layout`)."""
   if mode not in MODES:
     raise ValueError(f"config.sparsity.selection: got {mode!r}; accepted values: {', '.join(MODES)}")
   if mode != "auto":
@@ -106,8 +250,21 @@ def per_layer(arrays, mode: str = "auto") -> bool:
   return jax.sharding.get_abstract_mesh().size > 1 or any(typed_sharded(a) for a in arrays)
 
 
+def _layer_sizes(shapes, weights):
+  """Shapes, sizes, the largest weighted size of one array and the weighted total; refuses arrays of 2**32 entries."""
+  shapes = [tuple(s) for s in shapes]
+  sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+  for shape, size in zip(shapes, sizes):
+    if size >= 2**32:
+      raise ValueError(f"select: an array of shape {shape} ({size} entries); positions are uint32, so one array "
+                       "must have fewer than 2**32 entries")
+  weighted = [int(w) * s for w, s in zip(weights, sizes)]
+  return shapes, sizes, max(weighted, default=0), sum(weighted)
+
+
 class _Packed:
-  """All arrays of a selection in one (rows, chunk) layout: each flattened and padded to whole rows.
+  """All arrays of a selection in one (rows, chunk) layout: each flattened and padded to whole rows, then zero rows
+  up to a whole number of blocks.
 
   Packing the raw inputs (a concatenation of reshaped arrays and zero fillers, one kernel) and computing the scores
   and keys once on the packed array is what keeps the compiled selection the same handful of kernels for 2 layers
@@ -116,21 +273,30 @@ class _Packed:
   moves every array to one place, so it is for arrays that are not sharded (see `_Layers`).
   """
 
+  width = 11  # radix digit: 3 histogram passes, at bits 21-31, 10-20 and 0-10 (bit 10 already known in the last)
+
   def __init__(self, shapes, weights):
-    self.shapes = [tuple(s) for s in shapes]
-    self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+    self.shapes, self.sizes, widest, total = _layer_sizes(shapes, weights)
     self.chunk = min(_CHUNK, 1 << max(max(self.sizes) - 1, 0).bit_length())
     self.rows = [max(-(-s // self.chunk), 1) for s in self.sizes]
-    self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32), self.rows)
+    self.block = max(min(_BLOCK // self.chunk, sum(self.rows)), 1)  # rows per block of a pass
+    self.pad_rows = -sum(self.rows) % self.block
+    n_rows = sum(self.rows) + self.pad_rows
+    if n_rows * self.chunk >= 2**32 or _needs_two_words(total):
+      raise ValueError(f"select: the packed layout counts in one word and positions below 2**32; this selection has "
+                       f"{n_rows * self.chunk} packed entries and a weighted total of {total}: use mode='per_layer'")
+    # padding rows: the last array's, with nothing valid
+    self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32),
+                               self.rows[:-1] + [self.rows[-1] + self.pad_rows])
     # entries of each row that belong to its array: chunk for full rows, the remainder for the last one, 0 after
     self.row_valid = np.concatenate([np.clip(s - np.arange(r) * self.chunk, 0, self.chunk)
-                                     for s, r in zip(self.sizes, self.rows)]).astype(np.int32)
-    self.row_weight = np.repeat(np.asarray(weights, np.int32), self.rows)
+                                     for s, r in zip(self.sizes, self.rows)] + [np.zeros(self.pad_rows, np.int64)])
+    self.row_valid = self.row_valid.astype(np.int32)
+    self.weights = np.asarray(weights, np.int32)
     self.weighted = any(w != 1 for w in weights)
-    self.nbits = max(int(sum(self.rows) * self.chunk).bit_length(), 1)  # of a position
-    if sum(self.rows) * self.chunk >= 2**32:
-      raise ValueError("select: more than 2**32 packed entries in one selection")
-    self.dtype = count_dtype(sum(int(w) * s for w, s in zip(weights, self.sizes)))
+    self.nbits = max(int(n_rows * self.chunk).bit_length(), 1)  # of a position
+    self.dtype = count_dtype(widest)  # of one array's counts
+    self.ops = _arithmetic(total)
 
   def pack(self, arrays, dtype=None):
     parts = []
@@ -139,6 +305,8 @@ class _Packed:
       parts.append(a.reshape(-1))
       if r * self.chunk > s:
         parts.append(jnp.zeros((r * self.chunk - s,), a.dtype))
+    if self.pad_rows:
+      parts.append(jnp.zeros((self.pad_rows * self.chunk,), parts[0].dtype))
     return jnp.concatenate(parts).reshape(-1, self.chunk)
 
   def keys(self, scores, eligible, score_fn):
@@ -152,75 +320,107 @@ class _Packed:
       ok = ok & self.pack([jnp.ones(s, bool) if e is None else e for e, s in zip(eligible, self.shapes)], bool)
     return jnp.where(ok, sortable_key(packed), jnp.uint32(0))
 
-  def _rows(self, pred):
-    # Row sums as a matrix-vector product (exact: a row has at most 1024 ones): XLA:CPU compiles a dot as one
-    # library call, where it splits a reduction into a chain of kernels.
-    c = jnp.dot(pred.astype(jnp.float32), jnp.ones((self.chunk,), jnp.float32)).astype(self.dtype)
-    return c * self.row_weight.astype(self.dtype) if self.weighted else c
+  def _blocks(self, keys, fn, init):
+    """fn(i, keys of block i (block, chunk), their arrays (block,), their rows (block,), carry) over the blocks."""
+    row_layer = jnp.asarray(self.row_layer)
 
-  def counts(self, pred):
-    """(L,) weighted counts of the True entries of each array."""
-    c = self._rows(pred)
-    n = len(self.sizes)
-    return jax.ops.segment_sum(c, self.row_layer, n, indices_are_sorted=True) if n > 1 else jnp.sum(c, keepdims=True)
+    def body(i, carry):
+      start = i * self.block
+      block = lax.dynamic_slice_in_dim(keys, start, self.block, 0)
+      rows = start + lax.iota(jnp.int32, self.block)
+      return fn(i, block, lax.dynamic_slice_in_dim(row_layer, start, self.block), rows, carry)
 
+    return lax.fori_loop(0, len(self.row_layer) // self.block, body, init)
 
-  width = 11  # radix digit: 3 histogram passes, at bits 21-31, 10-20 and 0-10 (bit 10 already known in the last)
+  def _row_counts(self, keys, pred):
+    """(rows,) uint32 counts of the True entries of pred(keys block, arrays, rows) in each row, block by block.
+    A row sum as a matrix-vector product (exact: a row has at most 1024 ones): XLA:CPU compiles a dot as one
+    library call, where it splits a reduction into a chain of kernels."""
+    ones = jnp.ones((self.chunk,), jnp.float32)
+
+    def fn(i, block, layer, rows, out):
+      c = jnp.dot(pred(block, layer, rows).astype(jnp.float32), ones).astype(jnp.uint32)
+      return lax.dynamic_update_slice_in_dim(out, c, i * self.block, 0)
+
+    return self._blocks(keys, fn, jnp.zeros((len(self.row_layer),), jnp.uint32))
 
   def histogram(self, keys, shift, above, prefix):
     """(L, 2**width) weighted counts of the digits (keys >> shift) % 2**width of the nonzero keys whose bits in
-    `above` (a uint32 mask) equal `prefix`'s (one per array, (L,), or one, ()): one scatter-add over the keys."""
-    bins = 1 << self.width
-    ok = self.map(lambda x, v: (x > 0) & ((x & above) == (v & above)), prefix, keys)
-    n = len(self.sizes)
-    # int16 indices when they fit: the index array is what the scatter reads besides the keys (half the memory).
+    `above` (a uint32 mask) equal `prefix`'s (one per array, (L,), or one, ()): a scatter-add per block of rows."""
+    bins, n = 1 << self.width, len(self.sizes)
+    # int16 indices when they fit: the index array is what the scatter reads besides the keys.
     itype = jnp.int16 if n * bins < 2**15 else jnp.int32
-    digit = ((keys >> shift) & jnp.uint32(bins - 1)).astype(itype)
-    index = digit + jnp.asarray(self.row_layer * bins, itype)[:, None] if n > 1 else digit
-    index = jnp.where(ok, index, jnp.asarray(n * bins, itype))  # out of range: dropped
-    one = jnp.asarray(self.row_weight.astype(self.dtype))[:, None] if self.weighted else jnp.ones((), self.dtype)
-    # lax.scatter_add, not .at[].add: that one wraps negative indices and copies the index array once more.
-    dims = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
-                                       scatter_dims_to_operand_dims=(0,))
-    hist = lax.scatter_add(jnp.zeros((n * bins,), self.dtype), index[..., None], jnp.broadcast_to(one, keys.shape),
-                           dims, mode=lax.GatherScatterMode.FILL_OR_DROP)
-    return hist.reshape(n, bins)
 
-  def lowest(self, tied, need):
-    """The tied entries of lowest positions whose weighted count reaches `need` (L,) in each array: ceil(need / w)
-    of them. One pass counts the tied entries of each row; a cumulative sum over rows finds, per array, the rows
-    kept whole and the one row split; a cumulative sum over that row (L rows of `chunk`) finds its last column kept.
+    def fn(i, block, layer, rows, hist):
+      del i, rows  # unused: the same body for every block
+      pre = prefix[layer][:, None] if jnp.ndim(prefix) else prefix
+      ok = (block > 0) & ((block & above) == (pre & above))
+      index = ((block >> shift) & jnp.uint32(bins - 1)).astype(itype)
+      if n > 1:
+        index = index + (layer * bins).astype(itype)[:, None]
+      index = jnp.where(ok, index, jnp.asarray(n * bins, itype))  # out of range: dropped
+      # lax.scatter_add, not .at[].add: that one wraps negative indices and copies the index array once more.
+      return lax.scatter_add(hist, index[..., None], jnp.ones(block.shape, self.dtype), _SCATTER_DIMS,
+                             mode=lax.GatherScatterMode.FILL_OR_DROP)
+
+    hist = self._blocks(keys, fn, jnp.zeros((n * bins,), self.dtype)).reshape(n, bins)
+    return hist * jnp.asarray(self.weights, self.dtype)[:, None] if self.weighted else hist
+
+  def _spread(self, a, layer):
+    return a[layer][:, None] if jnp.ndim(a) else a
+
+  def cut(self, keys, t, need):
+    """Per array, the last position p and whether any tied entry is kept: tied entries (keys == t) at positions <= p
+    are the lowest whose weighted count reaches need (L,)."""
+    if self.nbits > _LOWEST_BITS:
+      return self.lowest(keys, t, need)
+    one = _traced_one(need)
+
+    def below(p):  # (L,) weighted counts of the tied entries at positions < p
+      def pred(block, layer, rows):
+        pos = (rows.astype(jnp.uint32)[:, None] * jnp.uint32(self.chunk)
+               + lax.broadcasted_iota(jnp.uint32, block.shape, 1)) * one
+        tv = self._spread(t, layer)
+        return (block == tv) & (block > 0) & (pos < self._spread(p, layer))
+      c = jax.ops.segment_sum(self._row_counts(keys, pred).astype(self.dtype), jnp.asarray(self.row_layer),
+                              len(self.sizes), indices_are_sorted=True)
+      return c * jnp.asarray(self.weights, self.dtype) if self.weighted else c
+
+    # The largest bound p with count(tied & pos < p) < need; then tied & pos <= p are the `need` lowest.
+    p = _bisect(lambda c: jnp.where(below(c) < need, need, need - 1), need, jnp.zeros(need.shape, jnp.uint32),
+                self.nbits)
+    return p, need > 0
+
+  def lowest(self, keys, t, need):
+    """`cut` in one pass: the tied entries of lowest positions whose weighted count reaches `need` (L,) in each array
+    are the first m = ceil(need / w). One pass counts the tied entries of each row; a cumulative sum over rows finds,
+    per array, the row holding the m-th; a cumulative sum over that row (L rows of `chunk`) finds its column.
     (A binary search over positions took one pass per bit of a position: 27 passes, 1.7 s, for 10**8 scores.)"""
     n = len(self.sizes)
-    w = np.asarray(self.row_weight[np.cumsum(self.rows) - 1], np.int64)  # each array's weight
-    m = (need + jnp.asarray(w - 1, need.dtype)) // jnp.asarray(w, need.dtype) if self.weighted else need
-    c = jnp.dot(tied.astype(jnp.float32), jnp.ones((self.chunk,), jnp.float32)).astype(self.dtype)  # per row
+    w = jnp.asarray(self.weights, self.dtype)
+    m = ((need + (w - 1)) // w if self.weighted else need).astype(jnp.uint32)
+    row_layer = jnp.asarray(self.row_layer)
+    c = self._row_counts(keys, lambda block, layer, rows: (block == self._spread(t, layer)) & (block > 0))
     first = np.cumsum([0] + self.rows[:-1])  # first row of each array
-    upto = jnp.cumsum(c)
-    excl = upto - c - (upto - c)[first][self.row_layer]  # tied entries before the row, within its array
-    m_row = m[self.row_layer]
-    whole = excl + c <= m_row
-    split = (excl < m_row) & ~whole  # at most one row per array
-    split_row = jax.ops.segment_max(jnp.where(split, jnp.arange(len(c)), -1), self.row_layer, n,
-                                    indices_are_sorted=True)
-    row = jnp.maximum(split_row, 0)
-    left = jnp.where(split_row >= 0, m - jnp.minimum(m, excl[row]), 0)  # kept from the split row
-    within = jnp.cumsum(tied[row].astype(self.dtype), axis=1)  # (L, chunk)
-    last_col = jnp.sum(within < left[:, None], axis=1)  # the left-th tied entry's column
-    rows = lax.broadcasted_iota(jnp.int32, tied.shape, 0)
-    cols = lax.broadcasted_iota(jnp.int32, tied.shape, 1)
-    keep_row = (rows == split_row[self.row_layer][:, None]) & (cols <= last_col[self.row_layer][:, None])
-    return tied & (whole[:, None] | keep_row)
+    upto = jnp.cumsum(c)  # uint32, modulo 2**32: exact differences (fewer than 2**32 packed entries)
+    excl = upto - c - (upto - c)[first][row_layer]  # tied entries before the row, within its array
+    m_row = m[row_layer]
+    holds = (excl < m_row) & (m_row <= excl + c)  # the row of the m-th: one per array, none when m == 0
+    at = jax.ops.segment_max(jnp.where(holds, jnp.arange(len(c)), -1), row_layer, n, indices_are_sorted=True)
+    row = jnp.maximum(at, 0)
+    left = m - excl[row]  # the m-th is the left-th tied entry of its row
+    tv = t[:, None] if jnp.ndim(t) else t
+    within = jnp.cumsum(((keys[row] == tv) & (keys[row] > 0)).astype(jnp.uint32), axis=1)  # (L, chunk)
+    last_col = jnp.sum(within < left[:, None], axis=1, dtype=jnp.uint32)
+    return row.astype(jnp.uint32) * jnp.uint32(self.chunk) + last_col, at >= 0
 
-  def map(self, fn, v, *xs):
-    """fn(*xs, value) on the packed arrays; v (or each of a tuple of them): one value per array, (L,), or one, ()."""
-    spread = lambda a: a[self.row_layer][:, None] if jnp.ndim(a) else a  # noqa: E731
-    return fn(*xs, tuple(spread(a) for a in v) if isinstance(v, tuple) else spread(v))
-
-  def positions(self, keys, one):
-    """Packed positions: earlier array, then lower flat index. `one` is a traced 1 (see _select)."""
-    rows = lax.broadcasted_iota(jnp.uint32, keys.shape, 0) * jnp.uint32(self.chunk)
-    return (rows + lax.broadcasted_iota(jnp.uint32, keys.shape, 1)) * one
+  def choose(self, keys, t, last, keep):
+    """The masks, packed: keys above t, and keys equal to t at positions <= last where keep (one elementwise pass)."""
+    layer = jnp.asarray(self.row_layer)
+    pos = (lax.broadcasted_iota(jnp.uint32, keys.shape, 0) * jnp.uint32(self.chunk)
+           + lax.broadcasted_iota(jnp.uint32, keys.shape, 1))
+    tv = self._spread(t, layer)
+    return (keys > tv) | ((keys == tv) & (keys > 0) & (pos <= last[layer][:, None]) & keep[layer][:, None])
 
   def unpack(self, packed):
     flat = packed.reshape(-1)
@@ -238,20 +438,37 @@ def flat_index(shape) -> jax.Array:
   return pos
 
 
+def _histogram256(key, shift, above, prefix, dtype):
+  """(256,) counts of the digits (key >> shift) % 256 of the nonzero keys whose bits in `above` equal `prefix`'s:
+  a scatter-add that GSPMD runs on each shard of `key`, then all-reduces the bins (never gathers the keys)."""
+
+  def hist(key, shift, above, prefix):
+    ok = (key > 0) & ((key & above) == (prefix & above))
+    index = jnp.where(ok, ((key >> shift) & jnp.uint32(255)).astype(jnp.int16), jnp.int16(256))  # 256: dropped
+    return lax.scatter_add(jnp.zeros((256,), dtype), index[..., None], jnp.ones(key.shape, dtype), _SCATTER_DIMS,
+                           mode=lax.GatherScatterMode.FILL_OR_DROP)
+
+  if typed_sharded(key):  # Explicit meshes type a scatter's output only when told: sharding left to GSPMD
+    hist = jax.sharding.auto_axes(hist, out_sharding=PartitionSpec())
+  return hist(key, shift, above, prefix)
+
+
 class _Layers:
   """Each array in its own shape, so its keys and masks keep its sharding: every pass is elementwise on the shards
-  plus one sum per array, and only those counts (int32 scalars) cross devices. One reduction per array and pass
-  costs compile time that `_Packed` avoids."""
+  plus a 256-bin histogram per array (or one count per array, when splitting ties), all that crosses devices. One
+  kernel per array and pass costs compile time that `_Packed` avoids."""
+
+  width = 8  # radix digit: 4 histogram passes of 256 bins
 
   def __init__(self, shapes, weights):
-    self.shapes = [tuple(s) for s in shapes]
-    self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+    self.shapes, self.sizes, widest, total = _layer_sizes(shapes, weights)
+    if len(self.sizes) >= 2**16:
+      raise ValueError("select: more than 2**16 arrays in one selection")  # _TwoWords' sums are exact below
     self.weights = np.asarray(weights, np.int32)
     self.weighted = any(w != 1 for w in weights)
     self.nbits = max(max(self.sizes).bit_length(), 1)
-    if max(self.sizes) >= 2**32:
-      raise ValueError("select: an array of more than 2**32 entries")
-    self.dtype = count_dtype(sum(int(w) * s for w, s in zip(weights, self.sizes)))
+    self.dtype = count_dtype(widest)  # of one array's counts
+    self.ops = _arithmetic(total)
 
   def keys(self, scores, eligible, score_fn):
     out = []
@@ -261,23 +478,33 @@ class _Layers:
       out.append(key if e is None else jnp.where(e, key, jnp.uint32(0)))
     return out
 
+  def histogram(self, keys, shift, above, prefix):
+    pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
+    hist = jnp.stack([_histogram256(x, shift, above, pick(prefix, i), self.dtype) for i, x in enumerate(keys)])
+    return hist * jnp.asarray(self.weights, self.dtype)[:, None] if self.weighted else hist
+
   def counts(self, pred):
     c = jnp.stack([jnp.sum(p, dtype=self.dtype) for p in pred])
-    return c * self.weights.astype(self.dtype) if self.weighted else c
+    return c * jnp.asarray(self.weights, self.dtype) if self.weighted else c
 
-  # No radix here (see the module docstring): `_bisect`'s counting passes sum one count per array across devices.
-  width = None
-
-  def total(self, pred):
-    return jnp.sum(self.counts(pred))
-
-  def map(self, fn, v, *xs):
+  def cut(self, keys, t, need):
+    """See `_Packed.cut`: a binary search over flat positions, one count per array and step."""
+    one = _traced_one(need)
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
-    return [fn(*x, tuple(pick(a, i) for a in v) if isinstance(v, tuple) else pick(v, i)) for i, x in enumerate(zip(*xs))]
+    tied = [(x == pick(t, i)) & (x > 0) for i, x in enumerate(keys)]
+    positions = [flat_index(x.shape) * one for x in keys]
 
-  def positions(self, keys, one):
-    """Flat (row-major) index within each array, computed in the array's shape (and sharding)."""
-    return [flat_index(k.shape) * one for k in keys]
+    def below(p):
+      return self.counts([x & (pos < p[i]) for i, (x, pos) in enumerate(zip(tied, positions))])
+
+    p = _bisect(lambda c: jnp.where(below(c) < need, need, need - 1), need, jnp.zeros(need.shape, jnp.uint32),
+                self.nbits)
+    return p, need > 0
+
+  def choose(self, keys, t, last, keep):
+    pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
+    return [(x > pick(t, i)) | ((x == pick(t, i)) & (x > 0) & (flat_index(x.shape) <= last[i]) & keep[i])
+            for i, x in enumerate(keys)]
 
   def unpack(self, masks):
     return list(masks)
@@ -291,85 +518,83 @@ def _radix(layout, keys, k, per_layer):
 
   In each pass, the bin b kept is the highest where the count of digits >= b among the keys matching the prefix
   reaches the k still to place; the count above b leaves the prefix range, so k drops by it. With k == 0 the top bin
-  is kept and t is 2**32 - 1, above every key. Counts are unsigned-safe (never below zero).
+  is kept and t is 2**32 - 1, above every key. Counts never go below zero (unsigned-safe); a global k counts in
+  `layout.ops` (two words past 2**32 without x64).
   """
   w = layout.width
   shifts = [max(_BITS - w * (i + 1), 0) for i in range(-(-_BITS // w))]
   aboves = [0] + [(0xFFFFFFFF << s) & 0xFFFFFFFF for s in shifts[:-1]]  # the bits decided before each pass
-  n, dtype = len(layout.sizes), layout.dtype
-  shape = (n,) if per_layer else ()
+  n = len(layout.sizes)
+  ops = _OneWord(layout.dtype) if per_layer else layout.ops
 
   def body(i, state):
     t, left, _, eligible = state
     shift = jnp.asarray(shifts, jnp.uint32)[i]
-    hist = layout.histogram(keys, shift, jnp.asarray(aboves, jnp.uint32)[i], t)  # (L, bins)
+    above = jnp.asarray(aboves, jnp.uint32)[i]
+    hist = layout.histogram(keys, shift, above, t)  # (L, bins)
     eligible = jnp.where(i == 0, jnp.sum(hist, axis=-1), eligible)
-    kk = k(eligible) if callable(k) else k
-    kk = jnp.minimum(kk, eligible if per_layer else jnp.sum(eligible))  # no more than the eligible entries
-    left = jnp.where(i == 0, kk.astype(dtype), left)
-    h = hist if per_layer else jnp.sum(hist, axis=0)
-    at_least = jnp.flip(jnp.cumsum(jnp.flip(h, -1), -1), -1)  # count of digits >= b
-    b = jnp.sum(at_least >= left[..., None], axis=-1) - 1
-    take = lambda a: jnp.take_along_axis(a, b[..., None], -1)[..., 0]  # noqa: E731
-    left = left - (take(at_least) - take(h))  # minus the count of digits > b: never below zero
-    t = (t & jnp.asarray(aboves, jnp.uint32)[i]) | (b.astype(jnp.uint32) << shift)
+    if per_layer:
+      kk = jnp.minimum(k(eligible) if callable(k) else k, eligible)  # no more than the eligible entries
+      h = hist
+    else:
+      kk = ops.min(k, ops.sum(eligible, 0))
+      h = ops.sum(hist, 0)
+    left = ops.where(i == 0, kk, left)
+    at_least = ops.cumsum(h, -1, reverse=True)  # count of digits >= b
+    b = jnp.sum(ops.ge(at_least, ops.expand(left)), axis=-1) - 1
+    left = ops.sub(left, ops.sub(ops.take(at_least, b), ops.take(h, b)))  # minus the count of digits > b
+    t = (t & above) | (b.astype(jnp.uint32) << shift)
     tied_per = hist[jnp.arange(n), b] if per_layer else hist[:, b]
     return t, left, tied_per, eligible
 
-  zeros = jnp.zeros((n,), dtype)
-  return lax.fori_loop(0, len(shifts), body, (jnp.zeros(shape, jnp.uint32), jnp.zeros(shape, dtype), zeros, zeros))
+  shape = (n,) if per_layer else ()
+  zeros = jnp.zeros((n,), layout.dtype)
+  left = ops.of(jnp.zeros(shape, jnp.uint32))
+  return lax.fori_loop(0, len(shifts), body, (jnp.zeros(shape, jnp.uint32), left, zeros, zeros))
 
 
 def _select(layout, keys, k, per_layer):
-  """Masks of the top-k keys (0 keys never); k: (L,) when per_layer else (), or a function of the (L,) eligible
-  counts giving it. Counts are weighted by the layout's weights (group sizes). Returns (masks, eligible counts)."""
+  """Masks of the top-k keys (0 keys never); k: (L,) when per_layer else one count in `layout.ops`, or a function of
+  the (L,) eligible counts giving the (L,) ks. Counts are weighted by the layout's weights (group sizes). Returns
+  (masks, eligible counts)."""
   n = len(layout.sizes)
-  if layout.width:
-    t, need, tied_per, eligible = _radix(layout, keys, k, per_layer)  # need: kept from the ties, lowest positions first
-    above = layout.map(lambda x, v: x > v, t, keys)
-  else:  # 32 compare-and-count passes: the largest t with count(keys >= t) >= k, so count(keys > t) < k
-    eligible = layout.counts(layout.map(lambda x, _: x > 0, 0, keys))
-    k = k(eligible) if callable(k) else k
-    count = layout.counts if per_layer else layout.total
-    k = jnp.minimum(k, eligible if per_layer else jnp.sum(eligible))  # no more than the eligible entries
-    t = _bisect(lambda c: count(layout.map(lambda x, v: x >= v, c, keys)), k, jnp.zeros(jnp.shape(k), jnp.uint32),
-                _BITS)
-    above = layout.map(lambda x, v: x > v, t, keys)
-    need = k - count(above)
-    tied_per = layout.counts(layout.map(lambda x, v: (x == v) & (x > 0), t, keys))
-  n_tied = tied_per if per_layer else jnp.sum(tied_per)
+  t, need, tied_per, eligible = _radix(layout, keys, k, per_layer)  # need: kept from the ties, lowest positions first
+  ops = _OneWord(layout.dtype) if per_layer else layout.ops
+  take_all = jnp.all(ops.ge(need, tied_per if per_layer else ops.sum(tied_per, 0)))
 
-  def split_ties(tied):
-    # need per array: a global selection takes its ties in array order (earlier array, then lower flat index).
-    before = jnp.cumsum(tied_per) - tied_per
-    need_per = need if per_layer else jnp.minimum(tied_per, need - jnp.minimum(need, before))
-    if hasattr(layout, "lowest") and layout.nbits > _LOWEST_BITS:
-      return layout.lowest(tied, need_per)
-    # `need_per` in the expression keeps the iota inside the branch and fused.
-    one = jnp.where(jnp.min(need_per) >= 0, jnp.uint32(1), jnp.uint32(0))
-    positions = layout.positions(tied, one)
+  def split_ties(_):
+    if per_layer:
+      need_per = need
+    else:  # a global selection takes its ties in array order (earlier array, then lower flat index)
+      before = ops.sub(ops.cumsum(tied_per, 0), ops.of(tied_per))
+      need_per = ops.narrow(ops.min(ops.of(tied_per), ops.sub(need, ops.min(need, before))), layout.dtype)
+    return layout.cut(keys, t, need_per)
 
-    # The largest bound p with count(tied & pos < p) < need; then tied & pos <= p are the `need` lowest (none when
-    # need is 0).
-    def below(p):
-      return layout.counts(layout.map(lambda x, pos, v: x & (pos < v), p, tied, positions))
-    p = _bisect(lambda c: jnp.where(below(c) < need_per, need_per, need_per - 1), need_per,
-                jnp.zeros((n,), jnp.uint32), layout.nbits)
-    return layout.map(lambda x, pos, v: x & (pos <= v[0]) & v[1], (p, need_per > 0), tied, positions)
+  def keep_all(_):
+    return jnp.full((n,), 0xFFFFFFFF, jnp.uint32), jnp.ones((n,), bool)
 
-  take_all = jnp.all(n_tied <= need)
-  tied = layout.map(lambda x, v: (x == v) & (x > 0), t, keys)
-  chosen = layout.map(lambda a, b, _: a | b, 0, above, lax.cond(take_all, lambda x: x, split_ties, tied))
-  return layout.unpack(chosen), eligible
+  last, keep = lax.cond(take_all, keep_all, split_ties, None)
+  return layout.unpack(layout.choose(keys, t, last, keep)), eligible
 
 
 def _layout(scores, weights, mode):
+  """The layout for `mode`; 'auto' also picks per layer where the packed layout cannot count exactly (two-word
+  totals or 2**32 packed entries), where 'packed' raises."""
   shapes = [jnp.shape(s) for s in scores]
-  return (_Layers if per_layer(scores, mode) else _Packed)(shapes, weights)
+  if per_layer(scores, mode):
+    return _Layers(shapes, weights)
+  try:
+    return _Packed(shapes, weights)
+  except ValueError:
+    if mode == "packed":
+      raise
+    return _Layers(shapes, weights)
 
 
 def _clip_k(k, limit, dtype=jnp.int32):
   """k clipped to [0, limit] in the count dtype; negative (signed) k is clipped before the cast."""
+  if isinstance(k, (int, np.integer)) and np.ndim(limit) == 0:
+    return jnp.asarray(min(max(int(k), 0), int(limit)), dtype)
   k = jnp.asarray(k)
   if jnp.issubdtype(k.dtype, jnp.signedinteger) or jnp.issubdtype(k.dtype, jnp.floating):
     k = jnp.maximum(k, 0)
@@ -392,15 +617,16 @@ def topk_masks(scores: Sequence[jax.Array], ks, eligible: Optional[Sequence] = N
     score_fn: optional elementwise function (jnp.abs) applied to the packed arrays: one kernel for all layers
       instead of one per layer.
     mode: 'auto', 'packed' or 'per_layer' (see `per_layer`): sharded arrays are selected per layer, where their
-      shards are, moving only counts between devices.
+      shards are, moving only histograms and counts between devices.
   """
   return topk_masks_and_counts(scores, ks, eligible, score_fn, mode)[0]
 
 
 def topk_masks_and_counts(scores: Sequence[jax.Array], ks, eligible: Optional[Sequence] = None,
                           score_fn: Optional[Callable] = None, mode: str = "auto"):
-  """`topk_masks`, where `ks` may also be a function of the (L,) int32 eligible counts giving the (L,) ks; returns
-  (masks, eligible counts), counted on the packed arrays (no reduction per layer) unless `mode` selects per layer."""
+  """`topk_masks`, where `ks` may also be a function of the (L,) eligible counts (int32 unless an array has 2**31
+  entries or more) giving the (L,) ks; returns (masks, eligible counts), counted on the packed arrays (no reduction
+  per layer) unless `mode` selects per layer."""
   layout = _layout(scores, [1] * len(scores), mode)
   keys = layout.keys(scores, eligible, score_fn)
   limits = np.asarray(layout.sizes)
@@ -416,14 +642,16 @@ def global_topk_masks(scores: Sequence[jax.Array], k, eligible: Optional[Sequenc
 
   Args:
     scores: arrays of scores (any shapes), or raw arrays when `score_fn` is given.
-    k: how many to keep, counted in weights (may be traced).
+    k: how many to keep, counted in weights (may be traced). Past 2**32 without `jax_enable_x64`, give it as a Python
+      int, a float or a `_Wide` (hi, lo) pair of uint32 words.
     eligible: optional bool arrays (or None entries); ineligible entries are never selected nor counted.
     weights: optional int per array: what one selected entry counts for (group sizes for structured pruning). The
       selection then keeps the smallest set of top entries whose weighted count reaches k.
     score_fn: optional elementwise function applied to the packed arrays (see `topk_masks`).
+    mode: see `topk_masks`; 'auto' selects per layer when the total needs two-word counts.
   """
   weights = [1] * len(scores) if weights is None else [int(w) for w in weights]
   layout = _layout(scores, weights, mode)
   keys = layout.keys(scores, eligible, score_fn)
   total = sum(w * s for w, s in zip(weights, layout.sizes))
-  return _select(layout, keys, _clip_k(k, total, layout.dtype), per_layer=False)[0]
+  return _select(layout, keys, layout.ops.clip(k, total), per_layer=False)[0]
