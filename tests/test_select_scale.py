@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import sparsejax as sj
 from sparsejax import distributions, select
@@ -100,3 +101,134 @@ def test_global_gmp_traces_past_int32(selection):
   assert jax.tree.map(lambda u: u.shape, updates) == jax.tree.map(lambda p: p.shape, params)
   masks = jax.tree.leaves(sj.get_masks(state))
   assert [m.shape for m in masks] == [(40000, 25000)] * 3 and all(m.dtype == jnp.bool_ for m in masks)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Two-word counts: global selections whose weighted total reaches 2**32 without x64
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _int(w) -> np.ndarray:
+  """Python ints of a _Wide."""
+  return np.vectorize(lambda h, l: (int(h) << 32) | int(l), otypes=[object])(np.asarray(w.hi), np.asarray(w.lo))
+
+
+def _wide(values) -> "select._Wide":
+  """A _Wide vector (or scalar, from an int) of Python ints below 2**64."""
+  v = np.asarray(values, object)
+  return select._Wide(jnp.asarray(np.asarray(v >> 32, np.uint64), jnp.uint32),
+                      jnp.asarray(np.asarray(v & 0xFFFFFFFF, np.uint64), jnp.uint32))
+
+
+_U32 = st.integers(0, 2**32 - 1)
+_WIDE = st.integers(0, 2**56)
+
+
+@settings(deadline=None, database=None, max_examples=60)
+@given(st.lists(_U32, min_size=6, max_size=6), st.lists(_WIDE, min_size=6, max_size=6),
+       st.lists(_WIDE, min_size=6, max_size=6))
+def test_two_word_arithmetic_matches_python_ints(narrow, a, b):
+  ops = select._TwoWords()
+  wa, wb = _wide(a), _wide(b)
+  big, small = _wide([max(x, y) for x, y in zip(a, b)]), _wide([min(x, y) for x, y in zip(a, b)])
+  assert list(_int(ops.add(wa, wb))) == [x + y for x, y in zip(a, b)]
+  assert list(_int(ops.sub(big, small))) == [abs(x - y) for x, y in zip(a, b)]
+  assert np.asarray(ops.ge(wa, wb)).tolist() == [x >= y for x, y in zip(a, b)]
+  assert list(_int(ops.min(wa, wb))) == [min(x, y) for x, y in zip(a, b)]
+  n = jnp.asarray(narrow, jnp.uint32)
+  assert int(_int(ops.sum(n, 0))) == sum(narrow) and int(_int(ops.sum(wa, 0))) == sum(a)
+  assert list(_int(ops.cumsum(n, 0))) == list(np.cumsum(np.asarray(narrow, object)))
+  assert list(_int(ops.cumsum(wa, -1, reverse=True))) == list(np.cumsum(np.asarray(a[::-1], object)))[::-1]
+  two_d = jnp.stack([n, n[::-1]])  # (2, 6): sums over either axis
+  assert list(_int(ops.sum(two_d, 0))) == [x + y for x, y in zip(narrow, narrow[::-1])]
+  assert int(_int(ops.take(wa, jnp.int32(2)))) == a[2]
+
+
+@settings(deadline=None, database=None, max_examples=40)
+@given(st.integers(-2**40, 2**66), st.integers(0, 2**63))
+def test_two_word_clip_of_ints_floats_and_pairs(k, limit):
+  ops = select._TwoWords()
+  clipped = min(max(k, 0), limit)
+  assert int(_int(ops.clip(k, limit))) == clipped
+  pair = max(k, 0) % 2**64
+  assert int(_int(ops.clip(_wide(pair), limit))) == min(pair, limit)
+  f = np.float32(k)  # an integral float: exact in two words
+  assert int(_int(ops.clip(jnp.float32(f), limit))) == min(max(int(f), 0), limit)
+  if -2**31 <= k < 2**31:
+    assert int(_int(ops.clip(jnp.int32(k), limit))) == clipped
+
+
+def test_two_word_sums_of_many_terms():
+  """The 16-bit halves keep sums exact with up to 2**16 - 1 terms of 2**32 - 1."""
+  ops = select._TwoWords()
+  x = jnp.full((2**16 - 1,), 2**32 - 1, jnp.uint32)
+  assert int(_int(ops.sum(x, 0))) == (2**16 - 1) * (2**32 - 1)
+  assert int(_int(ops.cumsum(x, 0))[-1]) == (2**16 - 1) * (2**32 - 1)
+
+
+# Weights of 2**29 - 2**31 on a few entries: a weighted total of about 7.9e9, so counts carry into the high word.
+_CARRY_SHAPES = [(3,), (2, 2), (5,), (1,)]
+_CARRY_WEIGHTS = (2**29 + 1, 2**29, 3 * 2**27, 2**31 - 3)
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="x64 counts are int64")
+def test_global_selection_with_carries_matches_stable_sort():
+  rng = np.random.default_rng(3)
+  xs = [rng.integers(-2, 3, size=s).astype(np.float32) for s in _CARRY_SHAPES]
+  w = np.concatenate([np.full(a.size, wi, np.int64) for a, wi in zip(xs, _CARRY_WEIGHTS)])
+  flat = np.concatenate([a.ravel() for a in xs])
+  total = int(w.sum())
+  assert total >= 2**32
+  assert isinstance(select._layout(xs, _CARRY_WEIGHTS, "auto"), select._Layers)  # packed counts in one word
+  with pytest.raises(ValueError, match="per_layer"):
+    select._layout(xs, _CARRY_WEIGHTS, "packed")
+  glob = jax.jit(lambda xs, k: select.global_topk_masks(xs, k, weights=_CARRY_WEIGHTS))
+  order = np.lexsort((np.arange(flat.size), -flat))
+  prefix = [int(c) for c in np.cumsum(w[order])]
+  ks = sorted({0, 1, 2**32 - 1, 2**32, 2**32 + 1, total + 1} | {p + d for p in prefix for d in (-1, 0, 1)})
+  for k in ks:  # traced: one compilation
+    got = np.concatenate([np.asarray(m).ravel() for m in glob([jnp.asarray(a) for a in xs], _wide(k))])
+    np.testing.assert_array_equal(got, _reference(flat, k, w), err_msg=f"k={k}")
+  # k as a Python int (clipped statically) and as an integral float32
+  for k in [2**32 + 7, prefix[5]]:
+    for kk, exact in [(k, k), (jnp.float32(k), int(np.float32(k)))]:
+      got = np.concatenate([np.asarray(m).ravel() for m in select.global_topk_masks(xs, kk, weights=_CARRY_WEIGHTS)])
+      np.testing.assert_array_equal(got, _reference(flat, exact, w), err_msg=f"k={kk!r}")
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="x64 counts are int64")
+@pytest.mark.parametrize("mode", ["auto", "per_layer"])
+def test_two_word_path_gives_the_one_word_masks(monkeypatch, mode):
+  """Two-word counts forced on normal sizes (_WORD = 8) keep exactly the masks of the one-word packed path."""
+  rng = np.random.default_rng(4)
+  xs = [jnp.asarray(_colliding(rng, s)) for s in [(37, 5), (300,), (4, 4, 4)]]
+  eligible = [jnp.asarray(rng.random(x.shape) < 0.9) for x in xs]
+  weights = (2, 1, 3)
+  total = sum(w * x.size for w, x in zip(weights, xs))
+  one = jax.jit(lambda xs, e, k: select.global_topk_masks(xs, k, e, weights=weights, mode="packed"))
+  ref = {k: one(xs, eligible, k) for k in range(0, total + 2, 37)}
+  monkeypatch.setattr(select, "_WORD", 8)
+  assert isinstance(select._layout(xs, weights, mode), select._Layers)
+  assert isinstance(select._layout(xs, weights, mode).ops, select._TwoWords)
+  two = jax.jit(lambda xs, e, k: select.global_topk_masks(xs, k, e, weights=weights, mode=mode))
+  for k, want in ref.items():
+    for a, b in zip(two(xs, eligible, k), want):
+      np.testing.assert_array_equal(a, b, err_msg=f"k={k}")
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="x64 counts are int64")
+def test_selection_traces_past_2_32():
+  """3 x (50000 x 50000) = 7.5e9 weights (no memory: eval_shape and lowering): global selection counts in two words,
+  per-array selection in uint32; 'packed' and arrays of 2**32 entries are refused with the limit named."""
+  xs = [jax.ShapeDtypeStruct((50000, 50000), jnp.float32)] * 3
+  u32 = jax.ShapeDtypeStruct((), jnp.uint32)
+  assert isinstance(select._layout(xs, [1] * 3, "auto").ops, select._TwoWords)
+  out = jax.eval_shape(lambda xs, hi, lo: select.global_topk_masks(xs, select._Wide(hi, lo)), xs, u32, u32)
+  assert [(m.shape, m.dtype) for m in out] == [((50000, 50000), jnp.bool_)] * 3
+  lowered = jax.jit(lambda xs: select.global_topk_masks(xs, 5 * 10**9, score_fn=jnp.abs)).lower(xs)
+  assert "tensor<50000x50000xi1>" in lowered.as_text()
+  masks, counts = jax.eval_shape(lambda xs: select.topk_masks_and_counts(xs, [3 * 10**9] * 3), xs)
+  assert counts.dtype == jnp.uint32 and counts.shape == (3,) and masks[0].shape == (50000, 50000)
+  with pytest.raises(ValueError, match="per_layer"):
+    jax.eval_shape(lambda xs: select.global_topk_masks(xs, 5 * 10**9, mode="packed"), xs)
+  with pytest.raises(ValueError, match=r"2\*\*32"):
+    jax.eval_shape(lambda x: select.topk_mask(x, 10), jax.ShapeDtypeStruct((70000, 70000), jnp.float32))
