@@ -263,8 +263,7 @@ def _layer_sizes(shapes, weights):
 
 
 class _Packed:
-  """All arrays of a selection in one (rows, chunk) layout: each flattened and padded to whole rows, then zero rows
-  up to a whole number of blocks.
+  """All arrays of a selection in one (rows, chunk) layout: each flattened and padded to whole rows.
 
   Packing the raw inputs (a concatenation of reshaped arrays and zero fillers, one kernel) and computing the scores
   and keys once on the packed array is what keeps the compiled selection the same handful of kernels for 2 layers
@@ -279,19 +278,15 @@ class _Packed:
     self.shapes, self.sizes, widest, total = _layer_sizes(shapes, weights)
     self.chunk = min(_CHUNK, 1 << max(max(self.sizes) - 1, 0).bit_length())
     self.rows = [max(-(-s // self.chunk), 1) for s in self.sizes]
-    self.block = max(min(_BLOCK // self.chunk, sum(self.rows)), 1)  # rows per block of a pass
-    self.pad_rows = -sum(self.rows) % self.block
-    n_rows = sum(self.rows) + self.pad_rows
+    n_rows = sum(self.rows)
+    self.block = max(min(_BLOCK // self.chunk, n_rows), 1)  # rows per block of a pass
     if n_rows * self.chunk >= 2**32 or _needs_two_words(total):
       raise ValueError(f"select: the packed layout counts in one word and positions below 2**32; this selection has "
                        f"{n_rows * self.chunk} packed entries and a weighted total of {total}: use mode='per_layer'")
-    # padding rows: the last array's, with nothing valid
-    self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32),
-                               self.rows[:-1] + [self.rows[-1] + self.pad_rows])
+    self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32), self.rows)
     # entries of each row that belong to its array: chunk for full rows, the remainder for the last one, 0 after
     self.row_valid = np.concatenate([np.clip(s - np.arange(r) * self.chunk, 0, self.chunk)
-                                     for s, r in zip(self.sizes, self.rows)] + [np.zeros(self.pad_rows, np.int64)])
-    self.row_valid = self.row_valid.astype(np.int32)
+                                     for s, r in zip(self.sizes, self.rows)]).astype(np.int32)
     self.weights = np.asarray(weights, np.int32)
     self.weighted = any(w != 1 for w in weights)
     self.nbits = max(int(n_rows * self.chunk).bit_length(), 1)  # of a position
@@ -305,8 +300,6 @@ class _Packed:
       parts.append(a.reshape(-1))
       if r * self.chunk > s:
         parts.append(jnp.zeros((r * self.chunk - s,), a.dtype))
-    if self.pad_rows:
-      parts.append(jnp.zeros((self.pad_rows * self.chunk,), parts[0].dtype))
     return jnp.concatenate(parts).reshape(-1, self.chunk)
 
   def keys(self, scores, eligible, score_fn):
@@ -321,16 +314,18 @@ class _Packed:
     return jnp.where(ok, sortable_key(packed), jnp.uint32(0))
 
   def _blocks(self, keys, fn, init):
-    """fn(i, keys of block i (block, chunk), their arrays (block,), their rows (block,), carry) over the blocks."""
-    row_layer = jnp.asarray(self.row_layer)
+    """fn(keys of a block (block, chunk), their arrays (block,), their rows (block,), which rows no earlier block
+    had (block,), carry) over the blocks of rows. The last block ends at the last row (it may overlap the one before:
+    padding the keys to whole blocks would take more memory)."""
+    row_layer, n_rows = jnp.asarray(self.row_layer), len(self.row_layer)
 
     def body(i, carry):
-      start = i * self.block
-      block = lax.dynamic_slice_in_dim(keys, start, self.block, 0)
+      start = jnp.minimum(i * self.block, n_rows - self.block)
       rows = start + lax.iota(jnp.int32, self.block)
-      return fn(i, block, lax.dynamic_slice_in_dim(row_layer, start, self.block), rows, carry)
+      block = lax.dynamic_slice_in_dim(keys, start, self.block, 0)
+      return fn(block, lax.dynamic_slice_in_dim(row_layer, start, self.block), rows, rows >= i * self.block, carry)
 
-    return lax.fori_loop(0, len(self.row_layer) // self.block, body, init)
+    return lax.fori_loop(0, -(-n_rows // self.block), body, init)
 
   def _row_counts(self, keys, pred):
     """(rows,) uint32 counts of the True entries of pred(keys block, arrays, rows) in each row, block by block.
@@ -338,9 +333,10 @@ class _Packed:
     library call, where it splits a reduction into a chain of kernels."""
     ones = jnp.ones((self.chunk,), jnp.float32)
 
-    def fn(i, block, layer, rows, out):
+    def fn(block, layer, rows, fresh, out):
+      del fresh  # rows counted twice get the same count twice
       c = jnp.dot(pred(block, layer, rows).astype(jnp.float32), ones).astype(jnp.uint32)
-      return lax.dynamic_update_slice_in_dim(out, c, i * self.block, 0)
+      return lax.dynamic_update_slice_in_dim(out, c, rows[0], 0)
 
     return self._blocks(keys, fn, jnp.zeros((len(self.row_layer),), jnp.uint32))
 
@@ -351,10 +347,10 @@ class _Packed:
     # int16 indices when they fit: the index array is what the scatter reads besides the keys.
     itype = jnp.int16 if n * bins < 2**15 else jnp.int32
 
-    def fn(i, block, layer, rows, hist):
-      del i, rows  # unused: the same body for every block
+    def fn(block, layer, rows, fresh, hist):
+      del rows  # unused
       pre = prefix[layer][:, None] if jnp.ndim(prefix) else prefix
-      ok = (block > 0) & ((block & above) == (pre & above))
+      ok = (block > 0) & ((block & above) == (pre & above)) & fresh[:, None]
       index = ((block >> shift) & jnp.uint32(bins - 1)).astype(itype)
       if n > 1:
         index = index + (layer * bins).astype(itype)[:, None]

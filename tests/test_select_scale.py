@@ -31,12 +31,16 @@ def _colliding(rng, shape):
   return x
 
 
-@pytest.mark.parametrize("mode,row_split", [("packed", False), ("packed", True), ("per_layer", False)])
-def test_radix_matches_stable_sort_with_colliding_digits(monkeypatch, mode, row_split):
+@pytest.mark.parametrize("mode,row_split,blocks", [("packed", False, False), ("packed", True, False),
+                                                   ("packed", False, True), ("packed", True, True),
+                                                   ("per_layer", False, False)])
+def test_radix_matches_stable_sort_with_colliding_digits(monkeypatch, mode, row_split, blocks):
   if row_split:  # ties split by _Packed.lowest (used past 2**22 entries) instead of the binary search
     monkeypatch.setattr(select, "_LOWEST_BITS", 0)
+  if blocks:  # packed passes over blocks of 3 rows (of 1024 here; 4 rows: the last block overlaps the first)
+    monkeypatch.setattr(select, "_BLOCK", 3 * 1024)
   rng = np.random.default_rng(0)
-  xs = [_colliding(rng, s) for s in [(37, 5), (300,), (4, 4, 4)]]
+  xs = [_colliding(rng, s) for s in [(37, 5), (300,), (4, 4, 4)] + ([(2, 300)] if blocks else [])]
   flat = np.concatenate([a.ravel() for a in xs])
   # fresh functions: jit's cache is per function, and _LOWEST_BITS is read while tracing
   glob = jax.jit(lambda xs, k: select.global_topk_masks(xs, k, mode=mode))
