@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   sparsity.nm_axis = config_dict.placeholder(int)        # None: the layout's input axis
   sparsity.channel_axis = config_dict.placeholder(int)   # None: the layout's output axis ('channel')
   sparsity.prunable = config_dict.placeholder(tuple)     # regexes; None: every float leaf with ndim >= 2
+  sparsity.stacked = config_dict.placeholder(tuple)      # regexes of nn.scan-stacked leaves; None: the model's own
   sparsity.min_density = 0.0
   sparsity.selection = "auto"                            # auto | packed | per_layer (per_layer: where the shards are)
   sparsity.overrides = config_dict.placeholder(dict)     # {regex: sparsity}

@@ -22,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "channel_axis": None,       # output axis that 'channel' keeps or prunes whole; None: the layout's output axis
     "prunable": None,           # regexes over param paths, first match wins, '!' excludes; None: the default rule
                                 # (ndim >= 2, not a bias, no path part containing 'embed')
+    "stacked": None,            # regexes over param paths whose axis 0 stacks layers (nn.scan): each slice is a layer
+                                # for distributions, granularities, min_density and summaries; None: none (the
+                                # engine uses the zoo's scanned models' own)
     "min_density": 0.0,         # per-layer floor (distribution 'global')
     "selection": "auto",        # auto | packed | per_layer: top-k on all layers packed together (fast to compile) or
                                 # layer by layer where the shards are (sharded params); auto: per_layer under a mesh
@@ -192,6 +195,14 @@ def _check_patterns(cfg):
     cfg["prunable"] = tuple(prunable)
     for p in prunable:
       _compile("prunable", p[1:] if p.startswith("!") else p)
+  stacked = cfg["stacked"]
+  if stacked is not None:
+    stacked = [stacked] if isinstance(stacked, str) else stacked
+    if not all(isinstance(p, str) for p in stacked):
+      raise ValueError(f"config.sparsity.stacked: expected a list of regex strings, got {cfg['stacked']!r}")
+    cfg["stacked"] = tuple(stacked)
+    for p in stacked:
+      _compile("stacked", p)
   for field, what in (("overrides", "sparsity"), ("prune_fraction_overrides", "fraction")):
     overrides = cfg[field]
     if overrides is None:

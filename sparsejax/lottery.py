@@ -234,7 +234,7 @@ class Lottery:
                                    self.setup.mesh, start, end, [snapshot, *hooks, save])
       progress.close()
     manager.close()
-    summary = train_lib.current_sparsity(state)
+    summary = train_lib.current_sparsity(state, self.setup.config.sparsity.stacked)
     split = "test" if "test" in self.setup.dataset.splits else train_lib.eval_splits(self.setup.dataset)[-1]
     test = train_lib.evaluate(self.eval_fn, state, self.setup.dataset, split, self.training.eval_batch_size,
                               self.setup.mesh)

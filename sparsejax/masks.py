@@ -90,19 +90,51 @@ def _parse_rules(prunable) -> list[tuple[re.Pattern, bool]]:
   return rules
 
 
-def is_default_prunable(path: str, x) -> bool:
-  """The default rule: a weight matrix or kernel (ndim >= 2) that is neither a bias nor an embedding.
+def is_default_prunable(path: str, x, stacked: bool = False) -> bool:
+  """The default rule: a weight matrix or kernel (ndim >= 2) that is neither a bias nor an embedding. For a `stacked`
+  leaf (axis 0 indexes layers, as `nn.scan` stacks them) the rule applies to one layer's slice.
 
   >>> is_default_prunable("Dense_0/kernel", np.zeros((3, 4))), is_default_prunable("wte/embedding", np.zeros((9, 4)))
   (True, False)
   >>> is_default_prunable("attention/query/bias", np.zeros((4, 16)))
   False
+  >>> is_default_prunable("blocks/ln_1/scale", np.zeros((6, 64)), stacked=True)  # six LayerNorm scales
+  False
   """
   parts = path.lower().split("/")
-  return np.ndim(x) >= 2 and parts[-1] != "bias" and not any("embed" in part for part in parts)
+  return np.ndim(x) - int(stacked) >= 2 and parts[-1] != "bias" and not any("embed" in part for part in parts)
 
 
-def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> list[str]:
+def stacked_regexes(stacked: Optional[Sequence[str]]) -> list:
+  """Compiled `config.sparsity.stacked` regexes (None or a string: as in `prunable`)."""
+  if stacked is None:
+    return []
+  if isinstance(stacked, str):
+    stacked = [stacked]
+  try:
+    return [re.compile(s) for s in stacked]
+  except re.error as e:
+    raise ValueError(f"config.sparsity.stacked: bad regex: {e}") from None
+
+
+def stack_depth(path: str, x, stacked: Optional[Sequence[str]]) -> int:
+  """How many layers the leaf at `path` stacks along axis 0: its leading size when a `stacked` regex matches the path
+  (nn.scan's (L, ...) params), else 0 (one ordinary layer)."""
+  if not any(rx.search(path) for rx in stacked_regexes(stacked)):
+    return 0
+  if np.ndim(x) < 2:
+    raise ValueError(f"config.sparsity.stacked: {path} of shape {tuple(np.shape(x))} matches, but a stacked leaf needs "
+                     "a leading layer axis and at least one more axis")
+  return int(np.shape(x)[0])
+
+
+def layer_name(path: str, index: int) -> str:
+  """The name of layer `index` of a stacked leaf: 'blocks/mlp/fc1/kernel[3]'."""
+  return f"{path}[{index}]"
+
+
+def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None,
+                   stacked: Optional[Sequence[str]] = None) -> list[str]:
   """Paths of the prunable leaves of `params`.
 
   Args:
@@ -112,13 +144,15 @@ def prunable_paths(params: PyTree, prunable: Optional[Sequence[str]] = None) -> 
       with ndim >= 2 except biases (a leaf named `bias`, such as the (heads, head_dim) biases of attention) and
       embeddings (a path with a part containing `embed`: token and position tables, ViT's patch embedding); see
       `is_default_prunable`. Integer and bool leaves are never prunable, whatever the rules say.
+    stacked: regexes of leaves whose axis 0 stacks layers; the default rule looks at one layer's slice of them.
 
   Raises:
     ValueError: a rule matches no floating-point param path.
   """
   flat = [(p, x) for p, x in flatten_with_paths(pure(params)) if is_float(x)]
   if prunable is None:
-    return [p for p, x in flat if is_default_prunable(p, x)]
+    rxs = stacked_regexes(stacked)
+    return [p for p, x in flat if is_default_prunable(p, x, any(r.search(p) for r in rxs))]
   rules = _parse_rules(prunable)
   used = [False] * len(rules)
   chosen = []
@@ -187,13 +221,15 @@ class Summary(dict):
     return "\n".join(lines)
 
 
-def summary(masks: PyTree, params: Optional[PyTree] = None) -> Summary:
+def summary(masks: PyTree, params: Optional[PyTree] = None, stacked: Optional[Sequence[str]] = None) -> Summary:
   """Per-layer and total sparsity, counted from the arrays.
 
   Args:
     masks: a mask tree (bool arrays, None where not prunable).
     params: optional; when given, nnz counts the nonzero entries of the params on the prunable leaves (what is really
       in the weights) instead of the True entries of the masks.
+    stacked: regexes of leaves whose axis 0 stacks layers (`config.sparsity.stacked`, nn.scan); each of their slices
+      is reported as its own layer, `layer_name(path, i)`.
 
   Returns:
     Summary: {"layers": {path: {"shape", "size", "nnz", "sparsity"}}, "total": {"prunable_params", "nnz", "sparsity"}}.
@@ -204,12 +240,16 @@ def summary(masks: PyTree, params: Optional[PyTree] = None) -> Summary:
   else:
     pairs = jax.tree.map(lambda m, p: None if m is None else p, masks, pure(params), is_leaf=is_none)
     arrays = [(p, x) for p, x in flatten_with_paths(pairs, is_leaf=is_none) if x is not None]
-  counts = jax.device_get([jnp.count_nonzero(x) for _, x in arrays])
+  depths = [stack_depth(p, x, stacked) for p, x in arrays]
+  counts = jax.device_get([jnp.count_nonzero(x, axis=tuple(range(1, x.ndim))) if d else jnp.count_nonzero(x)
+                           for (_, x), d in zip(arrays, depths)])
   layers, total_nnz, total_size = {}, 0, 0
-  for (path, x), c in zip(arrays, counts):
-    size = int(np.prod(x.shape))
-    layers[path] = {"shape": list(x.shape), "size": size, "nnz": int(c), "sparsity": 1.0 - int(c) / max(size, 1)}
-    total_nnz += int(c)
-    total_size += size
+  for (path, x), c, d in zip(arrays, counts, depths):
+    named = [(layer_name(path, i), x.shape[1:], c[i]) for i in range(d)] if d else [(path, x.shape, c)]
+    for name, shape, n in named:
+      size = int(np.prod(shape))
+      layers[name] = {"shape": list(shape), "size": size, "nnz": int(n), "sparsity": 1.0 - int(n) / max(size, 1)}
+      total_nnz += int(n)
+      total_size += size
   total = {"prunable_params": total_size, "nnz": total_nnz, "sparsity": 1.0 - total_nnz / max(total_size, 1)}
   return Summary(layers=layers, total=total)

@@ -360,8 +360,9 @@ def check_groups(pruner, params: Any, shardings: Any) -> None:
   flat = masks_lib.flatten_with_paths(shardings, is_leaf=lambda v: isinstance(v, NamedSharding))
   specs = {p: s.spec for p, s in flat}
   mesh = flat[0][1].mesh
-  for path, shape, gran in zip(plan.paths, plan.shapes, plan.grans):
-    spec = specs.get(path, PartitionSpec())
+  for path, (leaf, sliced), shape, gran in zip(plan.paths, base.layer_leaves(plan), plan.shapes, plan.grans):
+    spec = specs.get(leaf, PartitionSpec())
+    spec = PartitionSpec(*tuple(spec)[1:]) if sliced else spec  # a stacked leaf's layer: its spec past axis 0
     for d, entry in enumerate(spec):
       ways = int(np.prod([mesh.shape[a] for a in _axes_of(entry)]))
       if ways == 1:

@@ -267,9 +267,10 @@ def is_due(step: int, every: int, end_step: int) -> bool:
   return step == end_step or (every > 0 and step % every == 0)
 
 
-def current_sparsity(state: TrainState) -> dict:
-  """sj.summary of the masks in the optimizer state, counted from the param arrays."""
-  return sj.summary(sj.get_masks(state.opt_state), state.params)
+def current_sparsity(state: TrainState, stacked=None) -> dict:
+  """sj.summary of the masks in the optimizer state, counted from the param arrays; `stacked`: the config's
+  `sparsity.stacked` (each slice of a scanned leaf is a layer)."""
+  return sj.summary(sj.get_masks(state.opt_state), state.params, stacked)
 
 
 def eval_splits(dataset) -> tuple[str, ...]:
@@ -328,7 +329,7 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
       record = {"step": step, **(extra or {}),
                 **{f"train_{k}": sum(float(m[k]) for m in train) / len(train) for k in ("loss", "accuracy")},
                 "learning_rate": float(setup.lr_schedule(step - 1)),
-                "sparsity": current_sparsity(state)["total"]["sparsity"], **record, "wall_seconds": clock()}
+                "sparsity": current_sparsity(state, setup.config.sparsity.stacked)["total"]["sparsity"], **record, "wall_seconds": clock()}
       writer.write(record)
       progress.log(record)
     if checkpoint_due:
@@ -348,7 +349,7 @@ def final_results(setup: Setup, eval_fn: Callable, state: TrainState, wall_secon
   """results.json of a run (see DESIGN.md), evaluated on the test split (validation when there is no test split)."""
   split = "test" if "test" in setup.dataset.splits else eval_splits(setup.dataset)[-1]
   test = evaluate(eval_fn, state, setup.dataset, split, setup.config.training.eval_batch_size, setup.mesh)
-  return report.make_results(setup.config, int(jax.device_get(state.step)), test, current_sparsity(state),
+  return report.make_results(setup.config, int(jax.device_get(state.step)), test, current_sparsity(state, setup.config.sparsity.stacked),
                              wall_seconds, levels, split)
 
 

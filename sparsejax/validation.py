@@ -55,11 +55,18 @@ def _warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+STACKED_BLOCKS = (r"(^|/)blocks/",)
+
+
 def _sparsity(config: ml_collections.ConfigDict) -> dict:
   from sparsejax import pruners  # pylint: disable=g-import-not-at-top (pruners import sparsejax.config)
   raw = config.sparsity.to_dict() if hasattr(config.sparsity, "to_dict") else dict(config.sparsity)
   if raw.get("seed") is None:  # random masks follow the experiment's seed unless the sparsity section sets its own
     raw["seed"] = config.seed
+  if raw.get("stacked") is None and config.model.get("scan", None):
+    # The zoo's scanned models stack their blocks' params under `blocks/` (sparsejax.models.transformer): each of the
+    # depth slices is pruned, counted and reported as its own layer, as in the unscanned model (`()` turns this off).
+    raw["stacked"] = STACKED_BLOCKS
   cfg = sparsity_config.validate(raw, tuple(pruners.REGISTRY))
   algorithm = cfg["algorithm"]
   for field, users in APPLIES.items():

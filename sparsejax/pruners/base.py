@@ -47,7 +47,13 @@ class Pruner(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Static facts about the prunable layers of one params tree (Python values, fixed under jit)."""
+  """Static facts about the prunable layers of one params tree (Python values, fixed under jit).
+
+  A layer is a prunable leaf, or one slice along axis 0 of a stacked leaf (`config.sparsity.stacked`: nn.scan's
+  (L, ...) params): `paths` and `shapes` name the layers ('blocks/mlp/fc1/kernel[3]', the slice's shape), while
+  `leaf_paths` and `depths` (L, or 0 for an ordinary leaf) say how they sit in the params tree. Distributions, n:m,
+  block, channel and min_density see only layers, so a scanned model gets the masks of its unscanned twin.
+  """
   paths: tuple
   shapes: tuple
   sparsities: Optional[tuple]  # final per-layer sparsity, None for distribution 'global'
@@ -55,6 +61,8 @@ class Plan:
   gran: granularity.Granularity
   min_density: float
   selection: str = "auto"  # select.per_layer's mode
+  leaf_paths: tuple = ()   # the prunable leaves (default: paths, none stacked)
+  depths: tuple = ()       # layers stacked along axis 0 of each leaf; 0: not stacked
 
   @property
   def grans(self) -> tuple:
@@ -82,28 +90,61 @@ def _prod(shape):
 
 def make_plan(params: PyTree, cfg: dict) -> Plan:
   """Prunable paths, shapes and per-layer sparsities for `params` under config `cfg`; validates shapes."""
-  paths = masks_lib.prunable_paths(params, cfg["prunable"])
-  if not paths:
+  stacked = cfg.get("stacked")
+  leaf_paths = masks_lib.prunable_paths(params, cfg["prunable"], stacked)
+  if not leaf_paths:
     raise ValueError("config.sparsity.prunable: no param is prunable")
   leaves = dict(masks_lib.flatten_with_paths(params))
-  shapes = tuple(tuple(jnp.shape(leaves[p])) for p in paths)
+  depths = tuple(masks_lib.stack_depth(p, leaves[p], stacked) for p in leaf_paths)
+  paths, shapes = [], []
+  for p, d in zip(leaf_paths, depths):
+    shape = tuple(jnp.shape(leaves[p]))
+    paths += [masks_lib.layer_name(p, i) for i in range(d)] if d else [p]
+    shapes += [shape[1:]] * d if d else [shape]
+  shapes = tuple(shapes)
   gran = granularity.parse(cfg["granularity"], cfg.get("nm_axis"), cfg.get("layout", "flax"), cfg.get("channel_axis"))
   for p, s in zip(paths, shapes):
     gran.for_layer(p, s)  # validates the layer's shape and axes
   sp = distributions.layer_sparsities(cfg["distribution"], dict(zip(paths, shapes)), cfg["target"],
                                       cfg.get("overrides"))
   return Plan(tuple(paths), shapes, None if sp is None else tuple(sp[p] for p in paths), float(cfg["target"]),
-              gran, float(cfg["min_density"]), cfg.get("selection", "auto"))
+              gran, float(cfg["min_density"]), cfg.get("selection", "auto"), tuple(leaf_paths), depths)
 
 
-def leaves_at(tree: PyTree, paths) -> list:
+def _leaf_layout(plan: Plan) -> tuple:
+  return (plan.leaf_paths, plan.depths) if plan.leaf_paths else (plan.paths, (0,) * len(plan.paths))
+
+
+def leaves_at(tree: PyTree, where) -> list:
+  """The arrays of `tree` at the layers of a Plan (the slices of stacked leaves included), or at a list of leaf
+  paths."""
   flat = dict(masks_lib.flatten_with_paths(tree, is_leaf=masks_lib.is_none))
-  return [flat[p] for p in paths]
+  if not isinstance(where, Plan):
+    return [flat[p] for p in where]
+  out = []
+  for p, d in zip(*_leaf_layout(where)):
+    out += [flat[p][i] for i in range(d)] if d else [flat[p]]
+  return out
 
 
 def from_leaves(params: PyTree, plan: Plan, arrays) -> PyTree:
-  by_path = dict(zip(plan.paths, arrays))
-  return masks_lib.map_prunable(lambda p, _: by_path[p], params, plan.paths)
+  """A tree like `params` holding the per-layer `arrays` (plan order) at the prunable leaves, stacked slices
+  stacked back; None elsewhere."""
+  arrays, by_path = iter(arrays), {}
+  leaf_paths, depths = _leaf_layout(plan)
+  for p, d in zip(leaf_paths, depths):
+    by_path[p] = jnp.stack([next(arrays) for _ in range(d)]) if d else next(arrays)
+  return masks_lib.map_prunable(lambda p, _: by_path[p], params, leaf_paths)
+
+
+def layer_leaves(plan: Plan) -> list:
+  """For each layer (plan order): the params-tree path of its leaf, and whether it is a slice of a stacked leaf."""
+  return [(p, d > 0) for p, d in zip(*_leaf_layout(plan)) for _ in range(max(d, 1))]
+
+
+def prunable_leaves(plan: Plan) -> tuple:
+  """The params-tree paths of the prunable leaves (a stacked leaf once)."""
+  return _leaf_layout(plan)[0]
 
 
 def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] = None,

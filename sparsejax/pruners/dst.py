@@ -79,7 +79,7 @@ def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, frac
 
 def _rigl_growth(params, grads, plan, rng, step):
   del params, rng, step  # growth by the dense gradient alone: |g|, taken on the packed layers
-  return base.leaves_at(grads, plan.paths), jnp.abs
+  return base.leaves_at(grads, plan), jnp.abs
 
 
 def _set_growth(params, grads, plan, rng, step):
@@ -93,7 +93,7 @@ def _first_state(params, cfg: dict, sparsity: float, dense: bool = False) -> bas
   """Masks at the start (random with init_distribution's counts at `sparsity`, or all True) and the PRNG key."""
   init_key, key = jax.random.split(jax.random.PRNGKey(cfg["seed"]))
   plan = init_plan(params, cfg, sparsity)
-  first = [jnp.ones_like(p, bool) for p in base.leaves_at(params, plan.paths)] if dense else random_masks(plan, init_key)
+  first = [jnp.ones_like(p, bool) for p in base.leaves_at(params, plan)] if dense else random_masks(plan, init_key)
   return base.PrunerState(base.from_leaves(params, plan, first), key)
 
 
@@ -104,7 +104,7 @@ def _regrowth_pruner(cfg: dict, growth) -> base.Pruner:
   def update(params, grads, state, step):
     plan = init_plan(params, cfg, cfg["target"])
     grow, grow_fn = growth(params, grads, plan, state.rng, step)
-    new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan.paths), base.leaves_at(params, plan.paths),
+    new = drop_and_grow(plan.grans, base.leaves_at(state.masks, plan), base.leaves_at(params, plan),
                         grow, drop(step), jnp.abs, grow_fn, plan.selection)
     return state._replace(masks=base.from_leaves(params, plan, new))
 
@@ -154,12 +154,12 @@ def granet(cfg: dict) -> base.Pruner:
 
   def update(params, grads, state, step):
     plan = base.make_plan(params, cfg)
-    old = base.leaves_at(state.masks, plan.paths)
-    weights = base.leaves_at(params, plan.paths)
+    old = base.leaves_at(state.masks, plan)
+    weights = base.leaves_at(params, plan)
     pruned = lax.cond(sched.is_update(step),
                       lambda: base.select_masks(plan, weights, sched.sparsity(step), eligible=old, score_fn=jnp.abs),
                       lambda: old)
-    grow = base.leaves_at(grads, plan.paths)
+    grow = base.leaves_at(grads, plan)
     new = lax.cond(on_grid(step, begin, regrow_end, every),
                    lambda: drop_and_grow(plan.grans, pruned, weights, grow, drop(step), jnp.abs, jnp.abs,
                                          plan.selection),

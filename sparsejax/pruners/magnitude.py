@@ -17,7 +17,7 @@ def initial_state(params, cfg: dict, masks=None) -> base.PrunerState:
   """All-True masks on the prunable leaves (validated against the plan) and the pruner's PRNG key."""
   plan = base.make_plan(params, cfg)
   if masks is None:
-    masks = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, plan.paths)
+    masks = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, base.prunable_leaves(plan))
   return base.PrunerState(masks, jax.random.PRNGKey(cfg["seed"]))
 
 
@@ -29,8 +29,8 @@ def scheduled_pruner(cfg: dict, schedule: schedules.SparsitySchedule, score_fn, 
 
   def update(params, grads, state, step):
     plan = base.make_plan(params, cfg)
-    scores = base.leaves_at(score_fn(params, grads, state), plan.paths)
-    old = base.leaves_at(state.masks, plan.paths)
+    scores = base.leaves_at(score_fn(params, grads, state), plan)
+    old = base.leaves_at(state.masks, plan)
     new = base.select_masks(plan, scores, schedule.sparsity(step), eligible=old, score_fn=elementwise)
     return state._replace(masks=base.from_leaves(params, plan, new))
 

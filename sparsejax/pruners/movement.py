@@ -45,8 +45,8 @@ def movement(cfg: dict) -> base.Pruner:
   def update(params, grads, state, step):
     del grads  # the importance already holds the gradients
     plan = base.make_plan(params, cfg)
-    importance = base.leaves_at(state.extra, plan.paths)
-    old = base.leaves_at(state.masks, plan.paths)
+    importance = base.leaves_at(state.extra, plan)
+    old = base.leaves_at(state.masks, plan)
     new = base.select_masks(plan, importance, sched.sparsity(step), eligible=old)
     return state._replace(masks=base.from_leaves(params, plan, new))
 

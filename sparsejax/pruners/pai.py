@@ -110,7 +110,7 @@ def _synflow_rounds(plan, apply_fn, input_shape, iterations, params):
 
   def round_(r, kept):
     tree = base.from_leaves(params, plan, kept)
-    s = base.leaves_at(scores.synflow(apply_fn, params, tree, input_shape), plan.paths)
+    s = base.leaves_at(scores.synflow(apply_fn, params, tree, input_shape), plan)
     sparsity = 1.0 - jnp.float32(density) ** ((r + 1) / iterations)
     sparsity = jnp.where(r == iterations - 1, jnp.float32(plan.target), sparsity)
     return base.select_masks(plan, s, sparsity, eligible=kept)
@@ -147,7 +147,7 @@ def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyT
   if algorithm not in AT_INIT:
     raise ValueError(f"config.sparsity.algorithm: prune_at_init supports {AT_INIT}, got {algorithm!r}")
   plan = base.make_plan(params, cfg)
-  prunable = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, plan.paths)
+  prunable = masks_lib.map_prunable(lambda _, x: jnp.ones_like(x, bool), params, base.prunable_leaves(plan))
   if algorithm in ("snip", "grasp", "synflow") and apply_fn is None and (loss_fn is None or algorithm == "synflow"):
     raise ValueError(f"prune_at_init: algorithm {algorithm!r} needs apply_fn(params, x)"
                      + (" (or loss_fn(params, batch))" if algorithm != "synflow" else ""))
@@ -171,7 +171,7 @@ def prune_at_init(pruner: base.Pruner, apply_fn: Optional[Callable], params: PyT
   else:  # oneshot (magnitude at init) and dense (target 0: everything kept)
     tree = scores.magnitude(params, prunable)
   target = cfg["target"] if algorithm != "dense" else 0.0
-  return base.from_leaves(params, plan, _select(plan, base.leaves_at(tree, plan.paths), target))
+  return base.from_leaves(params, plan, _select(plan, base.leaves_at(tree, plan), target))
 
 
 @functools.partial(jax.jit, static_argnums=0)
