@@ -31,12 +31,15 @@ def _colliding(rng, shape):
   return x
 
 
-@pytest.mark.parametrize("mode,row_split,blocks", [("packed", False, False), ("packed", True, False),
-                                                   ("packed", False, True), ("packed", True, True),
-                                                   ("per_layer", False, False)])
-def test_radix_matches_stable_sort_with_colliding_digits(monkeypatch, mode, row_split, blocks):
+@pytest.mark.parametrize("mode,row_split,blocks,wide_digits", [
+    ("packed", False, False, False), ("packed", True, False, False), ("packed", False, True, False),
+    ("packed", True, True, False), ("packed", False, False, True), ("packed", True, True, True),
+    ("per_layer", False, False, False)])
+def test_radix_matches_stable_sort_with_colliding_digits(monkeypatch, mode, row_split, blocks, wide_digits):
   if row_split:  # ties split by _Packed.lowest (used past 2**22 entries) instead of the binary search
     monkeypatch.setattr(select, "_LOWEST_BITS", 0)
+  if wide_digits:  # 2 passes of 16-bit digits (used from 2**20 entries per array)
+    monkeypatch.setattr(select, "_ENTRIES_PER_BIN", 0)
   if blocks:  # packed passes over blocks of 3 rows (of 1024 here; 4 rows: the last block overlaps the first)
     monkeypatch.setattr(select, "_BLOCK", 3 * 1024)
   rng = np.random.default_rng(0)
