@@ -183,6 +183,16 @@ def _check_granularity(cfg):
                        f"{cfg['granularity']!r}")
     if cfg["distribution"] != "uniform":
       raise ValueError(f"config.sparsity.distribution must be 'uniform' with granularity {cfg['granularity']!r}")
+  if gran.kind in ("head", "neuron"):
+    if cfg["distribution"] not in ("uniform", "global"):
+      raise ValueError(f"config.sparsity.distribution: got {cfg['distribution']!r}; accepted values with granularity "
+                       f"{gran.kind!r}: 'uniform' (the same fraction of each module's {gran.kind}s) or 'global'")
+    if cfg["min_density"] > 0:
+      raise ValueError(f"config.sparsity.min_density: got {cfg['min_density']}; accepted values with granularity "
+                       f"{gran.kind!r}: 0 (no floor)")
+    if cfg["algorithm"] in REGROWTH or cfg["algorithm"] == "imp":
+      raise ValueError(f"config.sparsity.granularity: {gran.kind!r} is not supported by {cfg['algorithm']!r}; "
+                       "accepted algorithms: oneshot, gmp, movement, snip, grasp, synflow, random, dense")
 
 
 def _check_patterns(cfg):

@@ -19,7 +19,8 @@ import numpy as np
 
 from sparsejax import select
 
-ACCEPTED = "'unstructured', 'n:m' (e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel'"
+ACCEPTED = ("'unstructured', 'n:m' (e.g. '2:4'), 'block:RxC' (e.g. 'block:4x4'), 'channel', 'head' (attention heads), "
+            "'neuron' (MLP hidden units)")
 
 
 LAYOUTS = ("flax", "torch")
@@ -92,8 +93,9 @@ class Granularity(NamedTuple):
         raise ValueError(f"{where}: the 2-D view {(rows, cols)} is not divisible into {self.block} blocks")
 
   def spec(self) -> str:
-    return {"unstructured": "unstructured", "channel": "channel", "nm": f"{self.n}:{self.m}",
-            "block": f"block:{self.block[0]}x{self.block[1]}"}[self.kind]
+    if self.kind in ("nm", "block"):
+      return f"{self.n}:{self.m}" if self.kind == "nm" else f"block:{self.block[0]}x{self.block[1]}"
+    return self.kind
 
   def _axis(self, path: str, shape) -> int:
     return input_axis(self.layout, path, shape) if self.axis is None else self.axis % len(shape)
@@ -188,7 +190,7 @@ def parse(spec: str, axis: Optional[int] = None, layout: str = "flax",
   kw = {"axis": axis, "layout": layout, "channel_axis": channel_axis}
   if not isinstance(spec, str):
     raise ValueError(f"config.sparsity.granularity: {spec!r} is not one of {ACCEPTED}")
-  if spec in ("unstructured", "channel"):
+  if spec in ("unstructured", "channel", "head", "neuron"):  # head, neuron: units across layers (sparsejax.units)
     return Granularity(spec, **kw)
   nm = re.fullmatch(r"(\d+):(\d+)", spec)
   if nm:

@@ -18,6 +18,7 @@ traceback (`--traceback` shows it); 3 when training diverged (results.json then 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -72,6 +73,13 @@ def _flag_error(error: Exception, argv: Sequence[str]) -> str:
   if name:
     return f"--{name}: unknown flag; accepted flags: --config, --config.<field>, --workdir, --traceback"
   detail = " ".join(line.strip() for line in text if line.strip())
+  if "Traceback (most recent call last)" in detail:
+    # A config's get_config raised (e.g. configs/text_gpt.py:METHOD with an unknown method): its message, not the
+    # traceback ml_collections folds into the flag error.
+    last = re.findall(r"\b(\w+(?:Error|Exception)): (.*?)(?= \w+(?:Error|Exception): |$)", detail)
+    where = detail.split(": Error whilst parsing config file")[0]
+    if last:
+      return f"--config: {where.split('=', 1)[-1]}: {last[-1][1]}"
   return f"--config: {detail}"
 
 

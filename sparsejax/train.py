@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 import sparsejax as sj
-from sparsejax import checkpoint, config_validation, optim, parallel, report, steps, validation
+from sparsejax import checkpoint, config_validation, optim, parallel, report, steps, units, validation
 from sparsejax.data import create_dataset
 from sparsejax.models import create_model, default_sharding_rules
 from sparsejax.pruners import pai
@@ -349,8 +349,25 @@ def final_results(setup: Setup, eval_fn: Callable, state: TrainState, wall_secon
   """results.json of a run (see DESIGN.md), evaluated on the test split (validation when there is no test split)."""
   split = "test" if "test" in setup.dataset.splits else eval_splits(setup.dataset)[-1]
   test = evaluate(eval_fn, state, setup.dataset, split, setup.config.training.eval_batch_size, setup.mesh)
-  return report.make_results(setup.config, int(jax.device_get(state.step)), test, current_sparsity(state, setup.config.sparsity.stacked),
-                             wall_seconds, levels, split)
+  stacked = setup.config.sparsity.stacked
+  results = report.make_results(setup.config, int(jax.device_get(state.step)), test,
+                                current_sparsity(state, stacked), wall_seconds, levels, split)
+  results.update(structure(setup, state))
+  return results
+
+
+def structure(setup: Setup, state: TrainState) -> dict:
+  """results.json's structured-pruning entries: the heads or neurons kept ("units", counted from the masks) under
+  those granularities, and a transformer's FLOPs per token dense and remaining ("flops_per_token")."""
+  out, sparsity = {}, setup.config.sparsity
+  if sparsity.granularity in units.KINDS:
+    out["units"] = units.count_tree(sj.get_masks(state.opt_state), sparsity.granularity, sparsity.stacked)
+  if setup.config.model.name in ("gpt", "vit"):
+    gpt = setup.config.model.name == "gpt"
+    context = setup.dataset.input_shape[0] if gpt else int(np.prod(setup.dataset.input_shape[:2])) // (
+        setup.model.patch_size ** 2) + int(setup.model.pool == "cls")
+    out["flops_per_token"] = units.flops_per_token(state.params, context, causal=gpt, stacked=sparsity.stacked)
+  return out
 
 
 def _diverged(setup: Setup, eval_fn: Callable, workdir: str, manager, target, error: Diverged,

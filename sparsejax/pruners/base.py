@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from sparsejax import distributions, granularity, masks as masks_lib, select
+from sparsejax import distributions, granularity, masks as masks_lib, select, units
 
 PyTree = Any
 
@@ -91,7 +91,10 @@ def _prod(shape):
 def make_plan(params: PyTree, cfg: dict) -> Plan:
   """Prunable paths, shapes and per-layer sparsities for `params` under config `cfg`; validates shapes."""
   stacked = cfg.get("stacked")
-  leaf_paths = masks_lib.prunable_paths(params, cfg["prunable"], stacked)
+  prunable = cfg["prunable"]
+  if prunable is None and cfg["granularity"] in units.KINDS:
+    prunable = units.DEFAULT_PRUNABLE[cfg["granularity"]]  # the kernels that make up heads / neurons
+  leaf_paths = masks_lib.prunable_paths(params, prunable, stacked)
   if not leaf_paths:
     raise ValueError("config.sparsity.prunable: no param is prunable")
   leaves = dict(masks_lib.flatten_with_paths(params))
@@ -157,6 +160,8 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
   function such as jnp.abs), `scores` are the raw arrays it scores: unstructured selection then applies it once to
   all layers packed together (one compiled kernel instead of one per layer).
   """
+  if plan.gran.kind in units.KINDS:
+    return _select_units(plan, scores, sparsity_t, eligible, score_fn)
   grans = plan.grans
   unstructured = plan.gran.kind == "unstructured"
   if score_fn is not None and not unstructured:
@@ -176,6 +181,24 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
   else:
     chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig, score_fn)
   return chosen if unstructured else [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
+
+
+def _select_units(plan: Plan, scores: list, sparsity_t, eligible, score_fn) -> list:
+  """Head or neuron masks (`sparsejax.units`): one score per unit, summed over the layers that share it; `uniform`
+  keeps round((1 - s) * units) of each module, `global` ranks the units of all modules, weighted by their size."""
+  kind = plan.gran.kind
+  if score_fn is not None:
+    scores = [score_fn(s) for s in scores]
+  totals, weights = units.unit_scores(kind, plan.paths, plan.shapes, scores)
+  elig = None if eligible is None else units.unit_eligible(kind, plan.paths, plan.shapes, eligible)
+  if plan.sparsities is not None:
+    ks = [_count(plan, sparsity_t, plan.target, sparsity_t, t.shape[0]) for t in totals]
+    chosen = select.topk_masks(totals, ks, elig, None, plan.selection)
+  else:
+    size = sum(w * t.shape[0] for w, t in zip(weights, totals))
+    k = _count(plan, sparsity_t, plan.target, sparsity_t, size)
+    chosen = select.global_topk_masks(totals, k, elig, weights, None, plan.selection)
+  return units.expand(kind, plan.paths, plan.shapes, chosen)
 
 
 def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Array:
