@@ -350,3 +350,26 @@ def test_text_config_validates(monkeypatch):
   model = create_model("gpt", VOCAB, **{k: v for k, v in config.model.to_dict().items() if k != "name"})
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128), jnp.int32))
   assert _count(shapes) == 859_008 - 128 * 128  # nano has 859,008 at context 256: 128 positions fewer
+
+
+@pytest.mark.slow  # compiling a ViT's sparse step: about a minute each on 2 cores
+@pytest.mark.parametrize("method", ["gmp", "rigl"])
+def test_cifar10_vit_configs_train_through_tfds_on_mock_data(method, tmp_path):
+  """The ViT configs read CIFAR-10 through the same TFDS path as the CNNs (tfds.testing.mock_data here); a tiny ViT
+  (the config's model, narrowed) prunes to the target with every block its own layer."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from configs import cifar10_vit  # pylint: disable=g-import-not-at-top
+  from sparsejax import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = cifar10_vit.get_config(method)
+  config.model.width, config.model.depth, config.model.heads = 16, 2, 2
+  t = config.training
+  t.num_steps, t.batch_size, t.eval_batch_size, t.warmup_steps = 4, 4, 8, 1
+  t.eval_every, t.log_every, t.checkpoint_every, t.progress = 0, 2, 0, "none"
+  s = config.sparsity
+  s.begin_step, s.end_step, s.update_every = 0, 2, 1
+  with tfds.testing.mock_data(num_examples=16):
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["dataset"] == "cifar10" and results["model"] == "vit"
+  assert results["final"]["sparsity"] == pytest.approx(0.9, abs=2e-3)
+  assert "blocks/mlp/fc1/kernel[1]" in results["layers"]  # scanned blocks counted layer by layer
+  assert 0 < results["flops_per_token"]["fraction"] < 1
