@@ -17,6 +17,8 @@ end-of-document token (vocabulary 257). The model is the "nano" GPT (4 blocks, w
 context 128), AdamW with warmup and cosine decay, 16 windows of 128 tokens per step. The README's table gives what
 each method reached on a 2-core CPU and the command that measured it.
 """
+from ml_collections import config_dict
+
 from configs import default
 
 METHODS = ("dense", "gmp", "rigl", "nm24", "heads")
@@ -27,8 +29,12 @@ def get_config(method: str = "dense"):
     raise ValueError(f"configs/text_gpt.py: method {method!r} is not one of {METHODS}")
   config = default.get_config()
   config.model.name = "gpt"
-  config.model.size = "nano"
+  config.model.size = "nano"       # nano | micro | mini | small (sparsejax.models.transformer.GPT_SIZES)
   config.model.context = 128
+  # None: the size's; any can be set from the command line, e.g. --config.model.width=192.
+  config.model.width = config_dict.placeholder(int)
+  config.model.depth = config_dict.placeholder(int)
+  config.model.heads = config_dict.placeholder(int)
   config.model.scan = True
   config.model.tie_embeddings = True
   config.data.name = "pydocs"

@@ -320,9 +320,12 @@ def test_sparse_training_step_on_a_data_fsdp_model_mesh(name, scan, corpus):
 # The launcher on a tiny GPT and the tiny corpus.
 
 @pytest.mark.slow
-def test_launcher_trains_a_tiny_gpt(corpus, tmp_path):
+@pytest.mark.parametrize("method", ["dense", "heads"])
+def test_launcher_trains_a_tiny_gpt(corpus, tmp_path, method):
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.train", "--config=configs/text_gpt_dense.py", f"--workdir={workdir}",
+  sparse = ["--config.sparsity.begin_step=0", "--config.sparsity.end_step=4", "--config.sparsity.update_every=2"]
+  cmd = [sys.executable, "-m", "experiments.train", f"--config=configs/text_gpt.py:{method}", f"--workdir={workdir}",
+         *(sparse if method != "dense" else []),
          f"--config.data.data_dir={corpus}", "--config.model.context=16", "--config.model.width=32",
          "--config.model.depth=2", "--config.model.heads=4", "--config.data.eval_windows=8",
          "--config.training.num_steps=6", "--config.training.warmup_steps=2", "--config.training.batch_size=8",
@@ -339,14 +342,17 @@ def test_launcher_trains_a_tiny_gpt(corpus, tmp_path):
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records] == [3, 6] and "validation_perplexity" in records[-1]
   assert "test perplexity" in proc.stdout
+  if method == "heads":  # half of each block's 4 heads, whole, counted from the masks
+    assert results["units"]["kept"] == results["units"]["pruned"] == 4
+    assert results["flops_per_token"]["fraction"] < 1
 
 
 def test_text_config_validates(monkeypatch):
   monkeypatch.syspath_prepend(REPO)
-  from configs import text_gpt_dense  # pylint: disable=g-import-not-at-top
-  config = validate(text_gpt_dense.get_config())
+  from configs import text_gpt  # pylint: disable=g-import-not-at-top
+  config = validate(text_gpt.get_config())
   assert config.model.name == "gpt" and config.data.context == config.model.context == 128
-  assert "configs/text_gpt_dense.py" in text_gpt_dense.__doc__
+  assert "configs/text_gpt.py:METHOD" in text_gpt.__doc__
   model = create_model("gpt", VOCAB, **{k: v for k, v in config.model.to_dict().items() if k != "name"})
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128), jnp.int32))
   assert _count(shapes) == 859_008 - 128 * 128  # nano has 859,008 at context 256: 128 positions fewer
