@@ -5,7 +5,8 @@
 (a) steady-state train step with `sparsify` / plain optax step: MLP 784-1024-10, batch 128, SGD momentum and Adam.
 (b) a whole GMP run (0 -> 90% uniform, an update every 10 steps over steps 0-100, 200 steps) / the same dense run.
 (c) exact top-k selection / jnp.argsort on n float32 scores (k = n / 10), and the peak temporary memory XLA reserves
-    for each; --modes picks the layouts timed (`select.per_layer`: packed, or per_layer as on sharded arrays). Targets (issue 10, item 8): ratio <= 0.05, under 1 s at 10**8, temporary memory <= 1x the scores.
+    for each; --modes picks the layouts timed (packed, or per_layer as on sharded arrays; see `select.per_layer`).
+    Targets (issue 10, item 8): ratio <= 0.05, under 1 s at 10**8, temporary memory <= 1x the scores.
 Measurements are interleaved (baseline, candidate, baseline, ...) and the median of the repeats is reported.
 """
 from __future__ import annotations
