@@ -154,3 +154,17 @@ def test_a_bad_update_under_a_mesh_raises_instead_of_hanging():
     state = jax.jit(tx.init)(params)  # rigl starts sparse: these dense params are wrong
     with pytest.raises(Exception, match="nonzero at pruned weights"):
       jax.block_until_ready(jax.jit(tx.update)(params, state, params))
+
+
+def test_sharded_params_are_checked_whole_every_32nd_step():
+  """Sharded layers are zero-checked whole at steps 0, 32, 64...: a nonzero pruned weight passes step 5 unseen and
+  is caught at step 32 (every weight within 32 steps, like the rotating slices of unsharded layers)."""
+  from sparsejax import transform  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
+  with jax.set_mesh(mesh):
+    params = jax.device_put({"w": jnp.ones((64, 64))}, NamedSharding(mesh, P("fsdp")))
+    masks = {"w": jnp.arange(64 * 64).reshape(64, 64) % 2 == 0}
+    check = jax.jit(lambda p, m, step: transform._check_pruned_zero(p, m, step, sharded=True))
+    assert int(check(params, masks, jnp.int32(5))) == 0
+    with pytest.raises(Exception, match="nonzero at pruned weights"):
+      jax.block_until_ready(check(params, masks, jnp.int32(32)))
