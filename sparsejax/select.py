@@ -491,18 +491,13 @@ class _Layers:
     return c * jnp.asarray(self.weights, self.dtype) if self.weighted else c
 
   def cut(self, keys, t, need):
-    """See `_Packed.cut`: a binary search over flat positions, one count per array and step."""
-    one = _traced_one(need)
+    """See `_Packed.cut`. The lowest tied positions are the largest of ~position over the tied entries (distinct and
+    nonzero: positions are below 2**32 - 1), so the same radix select finds the last one kept: 4 passes of 256 bins,
+    where a binary search over positions took one counting pass per bit (27 at 10**8 entries: 3.2 s against 2.1 s)."""
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
-    tied = [(x == pick(t, i)) & (x > 0) for i, x in enumerate(keys)]
-    positions = [flat_index(x.shape) * one for x in keys]
-
-    def below(p):
-      return self.counts([x & (pos < p[i]) for i, (x, pos) in enumerate(zip(tied, positions))])
-
-    p = _bisect(lambda c: jnp.where(below(c) < need, need, need - 1), need, jnp.zeros(need.shape, jnp.uint32),
-                self.nbits)
-    return p, need > 0
+    inverted = [jnp.where((x == pick(t, i)) & (x > 0), ~flat_index(x.shape), jnp.uint32(0)) for i, x in enumerate(keys)]
+    lowest_kept = _radix(self, inverted, need, per_layer=True)[0]
+    return ~lowest_kept, need > 0
 
   def choose(self, keys, t, last, keep):
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
