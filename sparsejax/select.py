@@ -16,17 +16,17 @@ Two layouts (`per_layer`):
   by a binary search over positions (a pass per bit of a position; it compiles faster).
 - per layer (sharded arrays): each array keeps its shape and sharding; 4 passes of 8-bit digits, a 256-bin histogram
   per array and pass (the scatter-add runs on each shard and GSPMD all-reduces the bins: tests/test_sharded_core.py
-  checks that nothing larger crosses devices), ties split by a binary search over flat positions (one count per
-  array and bisection step). On one device the 4 passes are faster than the 32-pass bisection over key bits they
-  replace (experiments/bench_core.py --modes per_layer).
+  checks that nothing larger crosses devices); ties split by the same radix select over the tied entries' positions.
+  On one device this is faster than the binary searches over key bits (32 passes) and positions it replaced.
 
 XLA:CPU runs a scatter serially (about 3 ns an entry), so wider digits (fewer passes) win where nothing is summed
 across devices; comparing against several thresholds per pass was 10x slower (XLA materialised the broadcast compare).
 Measured on a 2-core CPU shared with other work (`experiments.bench_core --sizes 1e6,1e7,1e8 --modes
-packed,per_layer`), time (ratio to argsort) and XLA temporary memory / scores: packed 1e6 0.008 s (0.016) 1.04x,
-1e7 0.10 s (0.016) 1.01x, 1e8 1.0 s (0.015) 1.00x (the previous 3-pass radix over whole arrays: 2.75-3.3x, and 1.5 s
-against 1.0 s at 1e8 in one process); per layer, one device, 1e7 0.20 s, 1e8 4.4 s (the bisection: 0.39 s, 6.7 s),
-3.0x, most of it the ties' 27-pass search over positions at 1e8.
+packed,per_layer`), time (ratio to argsort) and XLA temporary memory / scores: packed 1e6 0.008-0.010 s (0.016-0.021)
+1.04x, 1e7 0.10-0.12 s (0.016-0.024) 1.01x, 1e8 1.0-1.24 s (0.015-0.019) 1.00x (the previous radix over whole arrays:
+2.75-3.3x, and 1.5 s where this took 1.04 s in one process); per layer on one device 1e7 0.18 s (0.036), 1e8 2.8 s
+(0.043), 3.5x (the binary searches: 0.39 s (0.072), 12.8 s (0.072), 3.0x; 6.7 s against 4.4 s in one process before
+the ties were split by radix too).
 
 Counts are exact at any size: per array they are int32 while every count fits (the common case, unchanged dtypes),
 int64 under `jax_enable_x64`, else uint32 (below 2**32; subtractions are written never to go below zero). A global
@@ -458,8 +458,8 @@ def _histogram256(key, shift, above, prefix, dtype):
 
 class _Layers:
   """Each array in its own shape, so its keys and masks keep its sharding: every pass is elementwise on the shards
-  plus a 256-bin histogram per array (or one count per array, when splitting ties), all that crosses devices. One
-  kernel per array and pass costs compile time that `_Packed` avoids."""
+  plus a 256-bin histogram per array, all that crosses devices (with the scalars of the search). One kernel per array
+  and pass costs compile time that `_Packed` avoids."""
 
   width = 8  # radix digit: 4 histogram passes of 256 bins
 
@@ -485,10 +485,6 @@ class _Layers:
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
     hist = jnp.stack([_histogram256(x, shift, above, pick(prefix, i), self.dtype) for i, x in enumerate(keys)])
     return hist * jnp.asarray(self.weights, self.dtype)[:, None] if self.weighted else hist
-
-  def counts(self, pred):
-    c = jnp.stack([jnp.sum(p, dtype=self.dtype) for p in pred])
-    return c * jnp.asarray(self.weights, self.dtype) if self.weighted else c
 
   def cut(self, keys, t, need):
     """See `_Packed.cut`. The lowest tied positions are the largest of ~position over the tied entries (distinct and
