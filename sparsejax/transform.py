@@ -137,13 +137,14 @@ def _unchecked_part(p, m, step, sharded=False):
   one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every _CHECK_SLICES steps for
   1/32 of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU; an eighth, 3%). Sharded
   layers are checked whole, in their own shape: each device counts its shard and only the count moves."""
-  if sharded:
-    return jnp.sum(~m & (p != 0), dtype=jnp.int32).astype(jnp.float32)
+  if sharded:  # float32: only compared with 0, and never wraps (an int32 count of 2**32 bad weights would read 0)
+    return jnp.sum(~m & (p != 0), dtype=jnp.float32)
   p, m = p.reshape(-1), m.reshape(-1)
   n = p.shape[0]
   if n > _CHECK_WHOLE:
     c = -(-n // _CHECK_SLICES)
-    start = jnp.minimum((step % _CHECK_SLICES) * c, n - c)
+    dtype = select.count_dtype(n)  # positions past 2**31 in uint32 (or int64 under x64)
+    start = jnp.minimum((step % _CHECK_SLICES).astype(dtype) * dtype(c), dtype(n - c))
     p, m = lax.dynamic_slice(p, (start,), (c,)), lax.dynamic_slice(m, (start,), (c,))
   return _count_true(~m & (p != 0))
 

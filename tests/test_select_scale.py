@@ -110,6 +110,40 @@ def test_global_gmp_traces_past_int32(selection):
   assert [m.shape for m in masks] == [(40000, 25000)] * 3 and all(m.dtype == jnp.bool_ for m in masks)
 
 
+def test_global_gmp_traces_past_2_32_without_x64():
+  """3 x (50000 x 50000) = 7.5e9 weights: the pruner's k counts in two words (the engine path, not only select)."""
+  pruner = sj.create_pruner({"algorithm": "gmp", "target": 0.9, "distribution": "global", "begin_step": 0,
+                             "end_step": 10, "update_every": 1})
+  tx = sj.sparsify(optax.sgd(0.1), pruner)
+  params = {f"l{i}": {"kernel": jax.ShapeDtypeStruct((50000, 50000), jnp.float32)} for i in range(3)}
+  state = jax.eval_shape(tx.init, params)
+  _, state = jax.eval_shape(tx.update, params, state, params)
+  assert [m.shape for m in jax.tree.leaves(sj.get_masks(state))] == [(50000, 50000)] * 3
+
+
+@pytest.mark.parametrize("step", [3, 10])  # mid-schedule (a traced float32 count) and at the target (exact)
+def test_global_gmp_counts_in_two_words_give_the_one_word_masks(monkeypatch, step):
+  """The pruner's two-word k (forced on small layers by lowering the word size) keeps what one word keeps."""
+  cfg = {"algorithm": "gmp", "target": 0.9, "distribution": "global", "begin_step": 0, "end_step": 10,
+         "update_every": 1}
+  rng = np.random.default_rng(0)
+  params = {f"l{i}": jnp.asarray(rng.normal(size=(40, 25 + 10 * i)), jnp.float32) for i in range(3)}
+
+  def masks():
+    p = sj.create_pruner(cfg)
+    return jax.jit(lambda x: p.update(x, x, p.init(x), jnp.int32(step)))(params).masks
+
+  one = masks()
+  monkeypatch.setattr(select, "_WORD", 2**10)  # 4200 weights now "past a word"
+  assert select._needs_two_words(4200)
+  two = masks()
+  for k in one:
+    np.testing.assert_array_equal(np.asarray(one[k]), np.asarray(two[k]), err_msg=k)
+  kept = sum(int(np.asarray(m).sum()) for m in one.values())
+  want = round(0.1 * 4200) if step == 10 else None
+  assert want is None or kept == want
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Two-word counts: global selections whose weighted total reaches 2**32 without x64
 # ----------------------------------------------------------------------------------------------------------------------
