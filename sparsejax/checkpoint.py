@@ -150,7 +150,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
       report.write_file(path, text)
     _fault_point_in_save()
     manager.save(step, args=ocp.args.StandardSave(state))
-    if not manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+    options = getattr(manager, "_options", None)  # orbax's; absent from stand-ins, which save synchronously
+    if options is None or not options.enable_async_checkpointing:
       manager.wait_until_finished()
   except (OSError, ValueError) as e:
     raise SaveError(f"could not save checkpoint {step} in {manager.directory}: {e}; the earlier checkpoints and run "

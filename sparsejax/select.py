@@ -227,8 +227,9 @@ def _bisect(count_at_least, k, init, nbits):
 
 def _traced_one(need):
   """A uint32 1 that XLA cannot fold: positions multiplied by it stay inside the loop that uses them (hoisted out,
-  they would be materialised, 4 bytes an entry)."""
-  return jnp.where(jnp.min(need) >= 0, jnp.uint32(1), jnp.uint32(0))
+  they would be materialised, 4 bytes an entry, and computed at every step, mask update or not). max >= min holds
+  for any dtype, unsigned included, where `x >= 0` of an unsigned x folds to true."""
+  return jnp.where(jnp.max(need) >= jnp.min(need), jnp.uint32(1), jnp.uint32(0))
 
 
 _CHUNK = 1024  # row length of the packed layout
@@ -420,8 +421,9 @@ class _Packed:
   def choose(self, keys, t, last, keep):
     """The masks, packed: keys above t, and keys equal to t at positions <= last where keep (one elementwise pass)."""
     layer = jnp.asarray(self.row_layer)
-    pos = (lax.broadcasted_iota(jnp.uint32, keys.shape, 0) * jnp.uint32(self.chunk)
-           + lax.broadcasted_iota(jnp.uint32, keys.shape, 1))
+    one = _traced_one(last)  # times each iota, before they are combined (their sum alone would be hoisted)
+    pos = (lax.broadcasted_iota(jnp.uint32, keys.shape, 0) * (jnp.uint32(self.chunk) * one)
+           + lax.broadcasted_iota(jnp.uint32, keys.shape, 1) * one)
     tv = self._spread(t, layer)
     return (keys > tv) | ((keys == tv) & (keys > 0) & (pos <= last[layer][:, None]) & keep[layer][:, None])
 
@@ -431,12 +433,14 @@ class _Packed:
     return [flat[o:o + s].reshape(shape) for o, s, shape in zip(offsets, self.sizes, self.shapes)]
 
 
-def flat_index(shape) -> jax.Array:
+def flat_index(shape, one=None) -> jax.Array:
   """uint32 row-major flat index of every entry of an array of `shape` (modulo 2**32), built from iotas in that shape,
-  so that it takes the sharding of the array it is combined with instead of being one replicated vector."""
+  so that it takes the sharding of the array it is combined with instead of being one replicated vector. `one`: a
+  traced 1 (`_traced_one`) that each iota is multiplied by, so that XLA cannot hoist the index out of a loop."""
   pos, stride = jnp.zeros(shape, jnp.uint32), 1
   for d in reversed(range(len(shape))):
-    pos = pos + lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    step = jnp.uint32(stride % 2**32) if one is None else jnp.uint32(stride % 2**32) * one
+    pos = pos + lax.broadcasted_iota(jnp.uint32, shape, d) * step
     stride *= shape[d]
   return pos
 
@@ -491,13 +495,16 @@ class _Layers:
     nonzero: positions are below 2**32 - 1), so the same radix select finds the last one kept: 4 passes of 256 bins,
     where a binary search over positions took one counting pass per bit (27 at 10**8 entries: 3.2 s against 2.1 s)."""
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
-    inverted = [jnp.where((x == pick(t, i)) & (x > 0), ~flat_index(x.shape), jnp.uint32(0)) for i, x in enumerate(keys)]
+    one = _traced_one(need)
+    inverted = [jnp.where((x == pick(t, i)) & (x > 0), ~flat_index(x.shape, one), jnp.uint32(0))
+                for i, x in enumerate(keys)]
     lowest_kept = _radix(self, inverted, need, per_layer=True)[0]
     return ~lowest_kept, need > 0
 
   def choose(self, keys, t, last, keep):
     pick = lambda a, i: a[i] if jnp.ndim(a) else a  # noqa: E731
-    return [(x > pick(t, i)) | ((x == pick(t, i)) & (x > 0) & (flat_index(x.shape) <= last[i]) & keep[i])
+    one = _traced_one(last)
+    return [(x > pick(t, i)) | ((x == pick(t, i)) & (x > 0) & (flat_index(x.shape, one) <= last[i]) & keep[i])
             for i, x in enumerate(keys)]
 
   def unpack(self, masks):

@@ -193,12 +193,13 @@ def test_set_masks_resets_the_moments_of_pruned_weights_at_the_next_update():
   assert np.all(np.asarray(params["dense_0"]["kernel"])[0] == 0)
 
 
+@pytest.mark.parametrize("selection", ["auto", "per_layer"])
 @pytest.mark.parametrize("algorithm", ["gmp", "movement", "rigl"])
-def test_scores_are_computed_only_inside_the_mask_update(algorithm):
+def test_scores_are_computed_only_inside_the_mask_update(algorithm, selection):
   """Between updates a step must not pay for a selection: no uint32 sort keys of a kernel's shape may be computed in
   the top-level program (XLA hoists loop-invariant work out of loops unless it is tied to the loop)."""
   params, loss = _problem()
-  cfg = {"algorithm": algorithm, "target": 0.5, "end_step": 10, "update_every": 2}
+  cfg = {"algorithm": algorithm, "target": 0.5, "end_step": 10, "update_every": 2, "selection": selection}
   tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner(cfg))
   hlo = _make_step(tx, loss, []).lower(params, tx.init(params)).compile().as_text()
   entry = hlo[hlo.index("ENTRY"):]
