@@ -130,6 +130,7 @@ def test_method_config_through_the_launcher(tmp_path):
   assert layers["head/kernel"]["sparsity"] < layers["dense_0/kernel"]["sparsity"]
 
 
+@pytest.mark.slow  # several short runs and a resume: a minute on 2 cores
 def test_compare_methods_writes_table_plot_and_resumes(tiny_data, tmp_path):
   kwargs = dict(seeds=[0, 1], num_steps=4, family="mnist1d_mlp", methods=("random",), sparsities=(0.9,),
                 compile_cache=False)

@@ -112,8 +112,13 @@ def _train(cfg, mesh, steps=3):
     return run()
 
 
-@pytest.mark.parametrize("kind", ["auto", "explicit"])
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+# `make test` runs gmp, rigl and channel under both kinds of mesh; the other algorithms run in `make test-slow`.
+_FAST = {"gmp", "rigl", "channel"}
+_CASES = [pytest.param(n, k, marks=() if n in _FAST else pytest.mark.slow, id=f"{n}-{k}")
+          for n in sorted(ALGORITHMS) for k in ("auto", "explicit")]
+
+
+@pytest.mark.parametrize("name,kind", _CASES)
 def test_sharded_training_keeps_shardings_and_moves_only_counts(name, kind):
   cfg = ALGORITHMS[name]
   axis = AxisType.Explicit if kind == "explicit" else AxisType.Auto

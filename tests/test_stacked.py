@@ -42,8 +42,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
-@pytest.mark.parametrize("selection", ["packed", "per_layer"])
+# Every case under the packed selection in `make test`; under per_layer, two there and the rest in `make test-slow`.
+_PER_LAYER_FAST = (3, 6)  # global with a floor, channel
+_CASES = [pytest.param(c, sel, marks=() if sel == "packed" or i in _PER_LAYER_FAST else pytest.mark.slow,
+                       id="-".join(f"{v}" for v in c.values()) + f"-{sel}")
+          for sel in ("packed", "per_layer") for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("case,selection", _CASES)
 def test_a_scanned_model_gets_the_masks_of_its_unscanned_twin(case, selection):
   unrolled, stacked = _twins()
   cfg = {"algorithm": "oneshot", "target": 0.8, "selection": selection, **case}

@@ -212,6 +212,7 @@ def test_configs_validate(name, monkeypatch):
   assert f"configs/{name}.py" in importlib.import_module(f"configs.{name}").__doc__  # the docstring gives the command
 
 
+@pytest.mark.slow  # compiling ResNet-20; the TFDS path also runs fast in test_lottery_configs (conv2 on mock CIFAR-10)
 def test_cifar10_resnet20_gmp_config_on_mock_tfds_data(tmp_path, monkeypatch):
   """The real CIFAR-10 config, shrunk to a few steps, end to end on `tfds.testing.mock_data` (no download, no TF)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
