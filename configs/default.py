@@ -15,6 +15,9 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The workdir of an earlier run of the same model: its latest checkpoint's params (and batch_stats) are the starting
+  # weights. None: a fresh init.
+  config.init_from = config_dict.placeholder(str)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mnist1d_mlp"
@@ -97,6 +100,21 @@ def get_config() -> ml_collections.ConfigDict:
   sparsity.iterations = 100                              # synflow rounds
   sparsity.num_batches = 1                               # snip / grasp batches
   sparsity.temperature = 200.0                           # grasp
+
+  # Post-training (one-shot) pruning of the weights of `init_from` (sparsejax/posttrain.py; sparsejax/posttrain_run.py):
+  # needs init_from and sparsity.algorithm 'dense'. training.num_steps is then the length of the recovery.
+  config.posttrain = ml_collections.ConfigDict()
+  posttrain = config.posttrain
+  posttrain.method = config_dict.placeholder(str)        # None: off | magnitude | wanda | sparsegpt
+  posttrain.target = 0.5                                 # fraction of the prunable weights pruned (n:m: 1 - n/m)
+  posttrain.distribution = "uniform"                     # uniform | owl (Yin et al. 2023)
+  posttrain.granularity = "unstructured"                 # unstructured | N:M (e.g. '2:4')
+  posttrain.calibration_batches = 8                      # train batches (training.batch_size) that calibrate
+  posttrain.block_size = 128                             # sparsegpt: lazy-update block
+  posttrain.damp = 0.01                                  # sparsegpt: dampening, a fraction of mean(diag(H))
+  posttrain.owl_lambda = 0.08                            # owl: spread of the layer sparsities
+  posttrain.owl_m = 5.0                                  # owl: outlier threshold (times the mean score)
+  posttrain.recovery = "none"                            # none | sparse (kept weights) | bias_norm (PERP)
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data_parallel = 1                          # size of the mesh's "data" axis; -1: the rest of the devices

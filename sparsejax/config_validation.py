@@ -1,8 +1,8 @@
-"""Checks of the experiment config (top level, `config.training`, `config.mesh`) before anything compiles or writes.
+"""Checks of the experiment config (top level, `training`, `mesh`, `posttrain`) before anything compiles or writes.
 
 `config.sparsity` is checked by `sparsejax.create_pruner`, `config.model` and `config.data` by their factories; this
-module owns the rest. Missing training / mesh fields take the defaults below, which are the values written out in
-`configs/default.py`. Durations are converted to steps in one place, `num_train_steps`.
+module owns the rest. Missing training / mesh / posttrain fields take the defaults below, which are the values written
+out in `configs/default.py`. Durations are converted to steps in one place, `num_train_steps`.
 
 >>> config = validate({"model": {"name": "mlp"}, "data": {"name": "mnist1d"}, "training": {"num_steps": 10}})
 >>> config.training.optimizer, config.mesh.data_parallel
@@ -22,7 +22,9 @@ import ml_collections
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
 PROGRESS = ("auto", "bar", "lines", "none")
-TOP_LEVEL = ("seed", "model", "data", "training", "sparsity", "mesh")
+TOP_LEVEL = ("seed", "init_from", "model", "data", "training", "sparsity", "mesh", "posttrain")
+POSTTRAIN_METHODS = ("magnitude", "wanda", "sparsegpt")
+RECOVERIES = ("none", "sparse", "bias_norm")
 
 TRAINING_DEFAULTS = {
     "batch_size": 128,
@@ -44,6 +46,20 @@ TRAINING_DEFAULTS = {
     "keep_checkpoints": 2,
     "async_checkpoint": True,
     "progress": "auto",
+}
+# Post-training pruning (sparsejax.posttrain_run); method None: off. Options across fields (a target that an n:m
+# granularity fixes, OWL's lambda against the target) are checked by `sparsejax.validation`.
+POSTTRAIN_DEFAULTS = {
+    "method": None,
+    "target": 0.5,
+    "distribution": "uniform",
+    "granularity": "unstructured",
+    "calibration_batches": 8,
+    "block_size": 128,
+    "damp": 0.01,
+    "owl_lambda": 0.08,
+    "owl_m": 5.0,
+    "recovery": "none",
 }
 MESH_DEFAULTS = {"data_parallel": 1, "fsdp": 1, "model": 1, "rules": (), "fsdp_min_size": 2**14, "multihost": False}
 
@@ -96,6 +112,20 @@ _TRAINING_CHECKS = {
     "async_checkpoint": ((lambda v: isinstance(v, bool)), "True or False"),
     "progress": _choice(PROGRESS),
 }
+_POSTTRAIN_CHECKS = {
+    "method": ((lambda v: v is None or v in POSTTRAIN_METHODS), f"None (off) or one of {list(POSTTRAIN_METHODS)}"),
+    "target": _number_in(0.0, 1.0),
+    "distribution": _choice(("uniform", "owl")),
+    "granularity": ((lambda v: isinstance(v, str)), "'unstructured' or 'N:M' (e.g. '2:4', '4:8')"),
+    "calibration_batches": _int_at_least(1),
+    "block_size": _int_at_least(1),
+    "damp": _number_in(0.0, math.inf),
+    "owl_lambda": _number_in(0.0, 0.5),
+    "owl_m": _number_in(0.0, math.inf),
+    "recovery": _choice(RECOVERIES),
+}
+
+
 def _rules(v) -> bool:
   from sparsejax import parallel  # pylint: disable=g-import-not-at-top (parallel imports jax devices lazily only)
   parallel.parse_rules(v)  # raises with the rule's index and what is wrong
@@ -167,6 +197,10 @@ def validate(config: Any) -> ml_collections.ConfigDict:
   seed = top.get("seed", 0)
   if not _is_int(seed) or seed < 0:
     raise ValueError(f"config.seed: got {seed!r}; accepted values: an int >= 0")
+  init_from = top.get("init_from", None)
+  if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
+    raise ValueError(f"config.init_from: got {init_from!r}; accepted values: None or the workdir of an earlier run "
+                     "of the same model")
   training = _check_section("training", top.get("training", {}), TRAINING_DEFAULTS, _TRAINING_CHECKS)
   _check_training(training)
   training["lr_boundaries"] = list(training["lr_boundaries"])
@@ -183,7 +217,8 @@ def validate(config: Any) -> ml_collections.ConfigDict:
   # written out as JSON: [regex, [axis name, None or a list of names per dimension]]
   mesh["rules"] = [[pattern, [list(e) if isinstance(e, tuple) else e for e in spec]]
                    for pattern, spec in parallel.parse_rules(mesh["rules"])]
-  resolved = dict(top, seed=seed, training=training, mesh=mesh)
+  posttrain = _check_section("posttrain", top.get("posttrain", {}), POSTTRAIN_DEFAULTS, _POSTTRAIN_CHECKS)
+  resolved = dict(top, seed=seed, init_from=init_from, training=training, mesh=mesh, posttrain=posttrain)
   resolved.setdefault("sparsity", {"algorithm": "dense"})
   return ml_collections.ConfigDict(resolved)
 

@@ -27,7 +27,7 @@ from etils import epath
 import jax
 import ml_collections
 
-from sparsejax import distributions
+from sparsejax import config_validation, distributions
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -39,6 +39,9 @@ _RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.e
                           "training.checkpoint_every", "training.keep_checkpoints",
                           "training.async_checkpoint", "mesh.data_parallel",
                           "mesh.multihost", "sparsity.levels")  # more IMP levels extend a run; finished ones stay
+# Fields added to the config after runs were written: a config.json without them resumes when they are at these
+# defaults (which change nothing about what is trained).
+_ADDED_LATER = {"init_from": None, **{f"posttrain.{k}": v for k, v in config_validation.POSTTRAIN_DEFAULTS.items()}}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -129,7 +132,8 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
     raise ValueError(f"--workdir {workdir} is not empty and holds no {CONFIG_FILE} of an earlier run; choose an "
                      "empty or new directory")
   old, new = _flatten(previous), _flatten(config_to_dict(config))
-  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_DIFFERENCES)
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_DIFFERENCES
+                   and not (k not in old and k in _ADDED_LATER and new.get(k) == _ADDED_LATER[k]))
   if changed:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
     raise ValueError(f"--workdir {workdir} holds a run of a different config ({details}); use a new workdir to "

@@ -403,7 +403,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates one config in `workdir`, resuming from its latest checkpoint; returns results.json.
 
   All config errors are raised before anything is compiled or written. A workdir whose results.json shows the final
-  step is not trained again: its results are printed and returned.
+  step is not trained again: its results are printed and returned. `config.init_from` starts from the weights of an
+  earlier run; `config.posttrain.method` prunes them after training instead (`sparsejax.posttrain_run`); algorithm
+  'imp' runs the lottery driver (`sparsejax.lottery`).
 
   Args:
     config: a ConfigDict laid out as in configs/default.py.
@@ -413,6 +415,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.sparsity.algorithm == "imp":
     from sparsejax import lottery  # pylint: disable=g-import-not-at-top (lottery imports this module)
     return lottery.run_lottery(config, workdir)
+  if config.posttrain.method is not None:
+    from sparsejax import posttrain_run  # pylint: disable=g-import-not-at-top (posttrain_run imports this module)
+    return posttrain_run.run(config, workdir)
   resuming_run = report.check_workdir(workdir, config)
   setup = build(config, workdir)
   results = _finished(workdir, setup.num_steps) if resuming_run else None
@@ -420,11 +425,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if report.is_writer():
       print(report.format_results(results), flush=True)
     return results
+  resuming = checkpoint.latest_step(workdir) is not None
+  initial = None
+  if setup.config.init_from is not None and not resuming:  # restored before anything is written
+    from sparsejax import posttrain_run  # pylint: disable=g-import-not-at-top
+    initial = posttrain_run.initial_weights(setup.config, setup.model, setup.dataset, setup.mesh)
   report.write_config(workdir, setup.config)
   training = setup.config.training
-  resuming = checkpoint.latest_step(workdir) is not None
   state = create_train_state(setup.config, setup.model, setup.dataset, jax.random.PRNGKey(setup.config.seed),
-                             setup.tx, setup.mesh, prune_at_init=not resuming)
+                             setup.tx, setup.mesh, prune_at_init=not resuming and initial is None)
+  if initial is not None:
+    state = posttrain_run.start_from(state, initial, setup.config, setup.model, setup.dataset, setup.mesh)
   manager = checkpoint.create_manager(workdir, training.keep_checkpoints, training.async_checkpoint)
   start_step, state = checkpoint.restore_latest(manager, state)
   sharding = jax.tree.map(lambda x: x.sharding, state)

@@ -1,8 +1,9 @@
 """One validation layer for an experiment: every section of a config, the fields across sections, and the workdir.
 
-`validate(config, workdir)` runs before anything is built, compiled or written: the top level, `training` and `mesh`
-(`config_validation`), `sparsity` (`sparsejax.config`), `model` (the zoo's options), `data` (the dataset's options),
-then the checks across sections and the workdir. `check_data(config, num_train, num_steps)` adds the checks that need
+`validate(config, workdir)` runs before anything is built, compiled or written: the top level, `training`, `mesh` and
+`posttrain` (`config_validation`), `sparsity` (`sparsejax.config`), `model` (the zoo's options), `data` (the dataset's
+options), then the checks across sections (post-training pruning's options, `init_from`: a run of the same model with
+a checkpoint) and the workdir. `check_data(config, num_train, num_steps)` adds the checks that need
 the dataset's size, right after the dataset is opened and before anything is compiled or written. Every error is a
 `ConfigError` naming the field, the value and the accepted values; the launcher prints it and exits with status 2.
 
@@ -109,6 +110,75 @@ def check_imp(cfg: dict) -> None:
                       "'unstructured'")
 
 
+def check_posttrain(config) -> None:
+  """`config.posttrain` against itself (`sparsejax.posttrain.check_options`) and the other sections: it prunes the
+  trained weights of `init_from`, and fixes the masks itself (`sparsity.algorithm` 'dense')."""
+  pt = config.posttrain
+  if pt.method is None:
+    changed = [k for k, v in pt.items() if k != "method" and v != config_validation.POSTTRAIN_DEFAULTS[k]]
+    if changed:
+      _warn(f"config.posttrain.{changed[0]}={pt[changed[0]]!r} is not used: config.posttrain.method is None "
+            "(post-training pruning is off)")
+    return
+  from sparsejax import posttrain  # pylint: disable=g-import-not-at-top (flax, only when it is used)
+  posttrain.check_options(pt.method, pt.target, pt.distribution, pt.granularity, pt.block_size, pt.damp,
+                          pt.owl_lambda, pt.owl_m, where="config.posttrain.")
+  if config.init_from is None:
+    raise ConfigError(f"config.init_from: got None with config.posttrain.method {pt.method!r}; accepted values: the "
+                      "workdir of an earlier run of the same model (post-training pruning prunes its trained weights)")
+  if config.sparsity.algorithm != "dense":
+    raise ConfigError(f"config.sparsity.algorithm: got {config.sparsity.algorithm!r} with config.posttrain.method "
+                      f"{pt.method!r}; accepted values: 'dense' (post-training pruning chooses the masks itself and "
+                      "keeps them fixed while it recovers)")
+
+
+def check_init_from(config, workdir: Optional[Any] = None) -> None:
+  """`config.init_from`: None, or the workdir of an earlier run of the same model (every `config.model` field equal)
+  that holds a checkpoint, and not this run's own workdir."""
+  src = config.init_from
+  if src is None:
+    return
+  accepted = "accepted values: None or the workdir of an earlier run of the same model, holding a checkpoint"
+  if config.sparsity.algorithm == "imp":
+    raise ConfigError(f"config.init_from: got {src!r} with config.sparsity.algorithm 'imp'; accepted values: None "
+                      "(IMP rewinds every level to its own initialisation)")
+  path = report.as_path(src)
+  if not path.is_dir():
+    raise ConfigError(f"config.init_from: got {src!r}, which is not a directory; {accepted}")
+  if workdir is not None and not report.is_remote(src) and not report.is_remote(workdir) and (
+      os.path.realpath(src) == os.path.realpath(os.fspath(workdir))):
+    raise ConfigError(f"config.init_from: got {src!r}, which is this run's own --workdir; {accepted}")
+  try:
+    previous = report.read_json(path / report.CONFIG_FILE)
+  except ValueError as e:  # json.JSONDecodeError
+    raise ConfigError(f"config.init_from: got {src!r}, whose {report.CONFIG_FILE} cannot be read ({e}); "
+                      f"{accepted}") from None
+  if not isinstance(previous, dict) or not isinstance(previous.get("model"), dict):
+    raise ConfigError(f"config.init_from: got {src!r}, which holds no {report.CONFIG_FILE} of a sparsejax run; "
+                      f"{accepted}")
+  old = _flat(previous["model"])
+  new = _flat(report.config_to_dict(config.model))
+  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if differ:
+    k = differ[0]
+    raise ConfigError(f"config.model.{k}: got {new.get(k)!r}, but the run at config.init_from={src!r} has "
+                      f"{old.get(k)!r}; accepted values: {old.get(k)!r} (init_from must be a run of the same model"
+                      f"{'; also differ: ' + ', '.join('config.model.' + d for d in differ[1:]) if differ[1:] else ''})")
+  from sparsejax import checkpoint  # pylint: disable=g-import-not-at-top (orbax)
+  if checkpoint.latest_step(src) is None:
+    raise ConfigError(f"config.init_from: got {src!r}, which holds no checkpoint (checkpoints/<step>); {accepted}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def _across_sections(config, cfg: dict) -> None:
   check_imp(cfg)
   num_steps = config.training.num_steps
@@ -209,13 +279,15 @@ def validate(config: Any, workdir: Optional[Any] = None) -> ml_collections.Confi
     _model(resolved)
     _data(resolved)
     _across_sections(resolved, cfg)
+    resolved.sparsity = ml_collections.ConfigDict(cfg)
+    check_posttrain(resolved)
+    check_init_from(resolved, workdir)
   except ConfigError:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if workdir is not None:
     check_workdir_path(workdir)
-  resolved.sparsity = ml_collections.ConfigDict(cfg)
   return resolved
 
 
