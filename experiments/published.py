@@ -7,6 +7,14 @@ MNIST1D_LTH = {
     "random_mask": [(0.96, 0.505)],                    # "about 50-51% at 0.96"; peak near 67-69%
 }
 
+# Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models" (Wanda), Tables 2 and 3:
+# LLaMA-2-7B WikiText-2 perplexity, dense and pruned in one shot without retraining, {(method, setting): ppl}.
+WANDA_LLAMA2_7B = {
+    "dense": 5.12,
+    ("magnitude", "50%"): 14.89, ("sparsegpt", "50%"): 6.51, ("wanda", "50%"): 6.42,
+    ("magnitude", "2:4"): 54.59, ("sparsegpt", "2:4"): 10.17, ("wanda", "2:4"): 11.02,
+}
+
 
 def nearest(points, sparsity, tol=0.01):
   """The published accuracy at a sparsity within `tol` of `sparsity`, or None."""

@@ -2,6 +2,8 @@
 
   python -m experiments.reproduce lth_mnist1d --workdir=runs/lth_mnist1d [--seeds 0,1] [--levels 15]
   python -m experiments.reproduce compare_methods --workdir=runs/compare_methods [--seeds 0,1] [--num_steps N]
+  python -m experiments.reproduce oneshot --workdir=runs/oneshot [--dense_gpt=runs/text_gpt/dense]
+      [--recovery_steps N] [--models gpt,lenet300,mnist1d_mlp] [--settings s50,s60,s70,owl70,nm2_4,nm4_8]
 
 lth_mnist1d: MNIST-1D lottery tickets (Greydanus 2020) with both controls (random_mask, random_reinit), one run per
 seed in <workdir>/seed_<s>/, then <workdir>/report.md and <workdir>/lottery.png. Runs resume.
@@ -10,6 +12,11 @@ compare_methods: dense, gmp (uniform and global), oneshot, set, rigl, granet, sn
 movement at 90% and 98% sparsity on Fashion-MNIST LeNet-300-100 (MNIST-1D MLP when the Fashion-MNIST files are
 missing), one resumable run per (method, sparsity, seed), then <workdir>/report.md (table and the papers' claims
 checked) and <workdir>/compare.png (see experiments/compare_methods.py).
+
+oneshot: post-training pruning (magnitude, Wanda, SparseGPT; 50/60/70% unstructured, 70% with OWL, 2:4, 4:8; with and
+without a short recovery) of the dense GPT on pydocs, LeNet-300-100 on Fashion-MNIST and the MNIST-1D MLP, one
+resumable run per setting, then <workdir>/report.md (tables beside Wanda's published LLaMA-2-7B numbers, the
+published ordering checked) and <workdir>/oneshot.png (see experiments/oneshot.py).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 
 from configs import mnist1d_mlp_lth
 from experiments import compare_methods as compare_methods_lib
+from experiments import oneshot as oneshot_lib
 from experiments import published
 from sparsejax import lottery
 
@@ -130,6 +138,13 @@ EXPERIMENTS = {
     "lth_mnist1d": lambda workdir, seeds, args: lth_mnist1d(workdir, seeds, args.levels),
     "compare_methods": lambda workdir, seeds, args: compare_methods_lib.compare_methods(workdir, seeds,
                                                                                         num_steps=args.num_steps),
+    "oneshot": lambda workdir, seeds, args: oneshot_lib.oneshot(
+        workdir, recovery_steps_gpt=args.recovery_steps or oneshot_lib.RECOVERY_STEPS["gpt"],
+        recovery_steps_mlp=args.recovery_steps or oneshot_lib.RECOVERY_STEPS["mlp"], dense_gpt=args.dense_gpt,
+        models=args.models.split(",") if args.models else None,
+        settings=args.settings.split(",") if args.settings else None, dense_steps=args.dense_steps,
+        methods=args.methods.split(",") if args.methods else oneshot_lib.METHODS,
+        compile_cache=not args.no_compile_cache),
 }
 
 
@@ -143,6 +158,17 @@ def main(argv=None):
   parser.add_argument("--num_steps", type=int, default=None,
                       help="compare_methods: training steps per run (default: the configs' own, 10000 on "
                       "Fashion-MNIST, 3000 on MNIST-1D)")
+  parser.add_argument("--dense_gpt", default=None,
+                      help="oneshot: a finished workdir of configs/text_gpt.py (dense) to prune instead of training one")
+  parser.add_argument("--recovery_steps", type=int, default=None,
+                      help="oneshot: steps of recovery 'sparse' (default: 100 for the GPT, 300 for the MLPs)")
+  parser.add_argument("--models", default=None, help="oneshot: a subset of gpt,lenet300,mnist1d_mlp")
+  parser.add_argument("--settings", default=None, help="oneshot: a subset of s50,s60,s70,owl70,nm2_4,nm4_8")
+  parser.add_argument("--methods", default=None, help="oneshot: a subset of magnitude,wanda,sparsegpt")
+  parser.add_argument("--no_compile_cache", action="store_true",
+                      help="oneshot: do not keep XLA executables in <workdir>/.jax_cache (tests)")
+  parser.add_argument("--dense_steps", type=int, default=None,
+                      help="oneshot: train the dense models for this many steps instead of their configs' (smoke)")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   return EXPERIMENTS[args.experiment](args.workdir, seeds, args)
