@@ -12,6 +12,9 @@ METHOD (default dense):
 Prunable by default: every block kernel and the untied parts (embeddings, norms and biases stay dense). The blocks
 are scanned (`nn.scan`); `sparsity.stacked` is set by the engine, so each block is its own layer.
 
+Pruned after training instead (post-training pruning of the dense run's weights; README, "Starting from a trained
+run"): --config.init_from=runs/text_gpt_dense --config.posttrain.method=wanda (or magnitude, sparsegpt).
+
 The corpus installs offline (`apt-get install python3.11-doc`, sparsejax/data/text.py); tokens are bytes plus an
 end-of-document token (vocabulary 257). The model is the "nano" GPT (4 blocks, width 128, 4 heads; 0.84M params at
 context 128), AdamW with warmup and cosine decay, 16 windows of 128 tokens per step. The README's table gives what

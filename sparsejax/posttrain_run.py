@@ -214,13 +214,29 @@ def _finished(workdir: str, end: int):
   return results if results is not None and "posttrain" in results else None
 
 
-def _write_step0(writer, setup, eval_fn, state, clock) -> None:
-  """The metrics record of the pruned model at step 0 (sparsity, and the eval splits), unless a resumed run has it."""
+def _write_step0(writer, setup, eval_fn, state, pruned: dict, clock) -> None:
+  """The metrics record of the pruned model at step 0 (sparsity, and the eval splits; `pruned`: its test metrics,
+  measured already), unless a resumed run has it."""
   if writer.previous:
     return
-  record = {"step": 0, "sparsity": train_lib.current_sparsity(state, setup.config.sparsity.stacked)["total"]["sparsity"],
-            **train_lib.evaluate_splits(setup, eval_fn, state), "wall_seconds": clock()}
-  writer.write(record)
+  evals = {}
+  for split in train_lib.eval_splits(setup.dataset):
+    metrics = pruned if split == _test_split(setup.dataset) else train_lib.evaluate(
+        eval_fn, state, setup.dataset, split, setup.config.training.eval_batch_size, setup.mesh)
+    evals.update({f"{split}_{k}": v for k, v in metrics.items()})
+  sparsity = train_lib.current_sparsity(state, setup.config.sparsity.stacked)["total"]["sparsity"]
+  writer.write({"step": 0, "sparsity": sparsity, **evals, "wall_seconds": clock()})
+
+
+def _results(setup: train_lib.Setup, eval_fn, state, record: dict, end: int, wall_seconds: float) -> dict:
+  """results.json's usual keys: the final state evaluated, or without recovery the pruned numbers as measured."""
+  if end > 0:
+    return train_lib.final_results(setup, eval_fn, state, wall_seconds)
+  split = _test_split(setup.dataset)
+  summary = train_lib.current_sparsity(state, setup.config.sparsity.stacked)
+  results = report.make_results(setup.config, 0, record["pruned"], summary, wall_seconds, (), split)
+  results.update(train_lib.structure(setup, state))
+  return results
 
 
 def run(config, workdir: str) -> dict:
@@ -264,7 +280,7 @@ def run(config, workdir: str) -> dict:
     offset = writer.previous[-1]["wall_seconds"] if writer.previous else record["prune_wall_seconds"]
     started = time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731
-    _write_step0(writer, setup, eval_fn, state, clock)
+    _write_step0(writer, setup, eval_fn, state, record["pruned"], clock)
     if start < end:
       step_fn = train_lib.make_train_step(setup.model, tx, setup.mesh, training.label_smoothing, sharding)
       progress = report.Progress(training.progress, start, end, desc=f"recovery ({pt.recovery})")
@@ -287,7 +303,7 @@ def run(config, workdir: str) -> dict:
         preemption.close()
       progress.close()
   checkpoint.finish(manager, close=True)
-  results = train_lib.final_results(setup, eval_fn, state, clock())
+  results = _results(setup, eval_fn, state, record, end, clock())
   final = results["final"]
   recovered = None
   if end > 0:
