@@ -26,7 +26,7 @@ same input (an attention block's query, key and value) are pruned together from 
 `nn.Dense`, `nn.DenseGeneral` and `nn.Conv` are captured from the model itself through `flax.linen.intercept_methods`;
 the model is not rewritten. Each pass over the calibration batches reduces the captured inputs of one layer group to
 its statistic (Wanda: the squared norm of each input feature; SparseGPT: the Hessian X X^T of that input), so at most
-one Hessian is held at a time. A convolution's input is its patches (`lax.conv_general_dilated_patches`), one row per
+one Hessian is held at a time; one compiled forward (returning the layers' inputs for one batch) serves every pass. A convolution's input is its patches (`lax.conv_general_dilated_patches`), one row per
 output position.
 
 Kernels are viewed as (inputs, outputs): a Dense kernel (in, out), an attention projection (in, heads, head_dim) as
@@ -231,6 +231,7 @@ def discover(model: nn.Module, params: PyTree, x: jax.Array, variables: Optional
   return groups
 
 
+@functools.partial(jax.jit, static_argnames="kind")
 def _stat(kind: str, rows: jax.Array) -> jax.Array:
   """Wanda: sum of squares of each input feature; SparseGPT: X^T X."""
   if kind == "wanda":
@@ -238,9 +239,12 @@ def _stat(kind: str, rows: jax.Array) -> jax.Array:
   return jnp.einsum("ti,tj->ij", rows, rows, precision=jax.lax.Precision.HIGHEST)
 
 
-def _stats_fn(model, variables, apply_kwargs, paths: tuple, kind: str):
-  """A jitted (params, x) -> ({path: statistic}, tokens) for the layers at `paths` (shared inputs counted once)."""
-  wanted = set(paths)
+def inputs_fn(model, groups: Sequence[Sequence[Layer]], variables=None, apply_kwargs=None):
+  """A jitted (params, x) -> {path: input rows (tokens, inputs)} of the first layer of every group (the others of a
+  group share its input). One compiled forward serves every group: only the params change between the passes of a
+  prune. It holds one batch's layer inputs at a time."""
+  wanted = {g[0].path for g in groups}
+  variables, apply_kwargs = variables or {}, apply_kwargs or {}
 
   def fn(params, x):
     found = {}
@@ -249,8 +253,7 @@ def _stats_fn(model, variables, apply_kwargs, paths: tuple, kind: str):
       if context.method_name == "__call__" and isinstance(context.module, _LAYER_TYPES) and args:
         path = _module_path(context.module) + "/kernel"
         if path in wanted:
-          rows = _rows(_layer_of(context.module, args[0]), context.module, args[0])
-          found[path] = (_stat(kind, rows), jnp.asarray(rows.shape[0], jnp.float32))
+          found[path] = _rows(_layer_of(context.module, args[0]), context.module, args[0])
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -263,16 +266,16 @@ def _stats_fn(model, variables, apply_kwargs, paths: tuple, kind: str):
   return jax.jit(fn)
 
 
-def collect(model, params, batches: Sequence, layers: Sequence[Layer], kind: str, variables=None,
-            apply_kwargs=None) -> dict:
-  """{path: statistic summed over the calibration batches} for `layers` (kind 'wanda' or 'sparsegpt'), from the
-  inputs that `params` produce."""
-  fn = _stats_fn(model, variables or {}, apply_kwargs or {}, tuple(l.path for l in layers), kind)
-  total = None
+def collect(inputs, params, batches: Sequence, groups: Sequence[Sequence[Layer]], kind: str) -> dict:
+  """{path: statistic summed over the calibration batches} for every layer of `groups` (kind 'wanda' or
+  'sparsegpt'), from the inputs that `params` produce; `inputs` is `inputs_fn(...)`."""
+  total: dict = {}
   for x in batches:
-    out = fn(params, x)
-    total = out if total is None else jax.tree.map(jnp.add, total, out)
-  return total
+    rows = inputs(params, x)
+    for g in groups:
+      stat = _stat(kind, rows[g[0].path])
+      total[g[0].path] = stat if g[0].path not in total else total[g[0].path] + stat
+  return {l.path: total[g[0].path] for g in groups for l in g}
 
 
 # ---------------------------------------------------------------------------------------------------------------- #
@@ -335,7 +338,7 @@ def inverse_cholesky(h: jax.Array) -> jax.Array:
   return jnp.linalg.cholesky(hinv).T
 
 
-@functools.partial(jax.jit, static_argnames=("sparsity", "nm", "block_size", "damp"))
+@functools.partial(jax.jit, static_argnames=("nm", "block_size", "damp"))
 def sparsegpt(w: jax.Array, h: jax.Array, sparsity: float = 0.5, nm: Optional[tuple] = None, block_size: int = 128,
               damp: float = 0.01, prune: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """SparseGPT on one layer: (reconstructed W with pruned entries 0, kept mask), for W (outputs, inputs) and the
@@ -535,17 +538,18 @@ def prune(model: nn.Module, params: PyTree, batches: Iterable, *, method: str = 
                        "they are not the kernel of an nn.Dense, nn.DenseGeneral or nn.Conv call. Leave them out with "
                        "`prunable` regexes (e.g. '!name') or use method 'magnitude'")
     layer_info = {l.path: l for g in groups for l in g}
+    inputs = inputs_fn(model, groups, variables, apply_kwargs)
   else:  # magnitude needs no inputs: a kernel's inputs are its axes up to the one n:m groups along
     layer_info = {p: Layer(p, granularity_lib.input_axis("flax", p, _get(params, p).shape) + 1) for p in paths}
     groups = [[layer_info[p]] for p in paths]
 
   sparsities = {p: target for p in paths}
   if distribution == "owl":
-    stats = collect(model, params, batches, list(layer_info.values()), "wanda", variables, apply_kwargs)
+    stats = collect(inputs, params, batches, groups, "wanda")
     by_group: dict = {}
     for p in paths:
       w = _matrix(_get(params, p), layer_info[p])
-      by_group.setdefault(owl_group(p), []).append(wanda_scores(w, stats[p][0]))
+      by_group.setdefault(owl_group(p), []).append(wanda_scores(w, stats[p]))
     ratios = {g: outlier_ratio(s, owl_m) for g, s in by_group.items()}
     sizes = {g: sum(int(x.size) for x in s) for g, s in by_group.items()}
     group_sparsity = owl_sparsities(ratios, sizes, target, owl_lambda)
@@ -557,15 +561,15 @@ def prune(model: nn.Module, params: PyTree, batches: Iterable, *, method: str = 
   for group in groups:
     stats = None
     if method != "magnitude":
-      stats = collect(model, params, batches, group, method, variables, apply_kwargs)
+      stats = collect(inputs, params, batches, [group], method)
     for layer in group:
       kernel = _get(params, layer.path)
       w = _matrix(kernel, layer)
       s = sparsities[layer.path]
       if method == "sparsegpt":
-        w_new, keep = sparsegpt(w, stats[layer.path][0], sparsity=s, nm=nm, block_size=block_size, damp=damp)
+        w_new, keep = sparsegpt(w, stats[layer.path], sparsity=s, nm=nm, block_size=block_size, damp=damp)
       else:
-        scores = jnp.abs(w) if method == "magnitude" else wanda_scores(w, stats[layer.path][0])
+        scores = jnp.abs(w) if method == "magnitude" else wanda_scores(w, stats[layer.path])
         per_row = method == "wanda"
         k = _prune_count(w.shape[1] if per_row else w.size, s)
         keep = select(scores, k, per_row, nm)

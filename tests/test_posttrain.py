@@ -222,9 +222,9 @@ def test_scanned_transformer_is_pruned_as_its_unscanned_twin():
   scanned, flat = transformer.gpt(257, scan=True, **kwargs), transformer.gpt(257, scan=False, **kwargs)
   tokens = [jax.random.randint(jax.random.key(i), (4, 16), 0, 257) for i in range(2)]
   params = scanned.init(jax.random.key(0), tokens[0])["params"]
-  out = sj.posttrain.prune(scanned, params, tokens, method="sparsegpt", target=0.5)
+  out = sj.posttrain.prune(scanned, params, tokens, method="wanda", target=0.5)
   unstacked, restack = posttrain._unscan(scanned, posttrain._as_dict(params))[1:]
-  ref = sj.posttrain.prune(flat, unstacked, tokens, method="sparsegpt", target=0.5)
+  ref = sj.posttrain.prune(flat, unstacked, tokens, method="wanda", target=0.5)
   for a, b in zip(jax.tree.leaves(out.params), jax.tree.leaves(restack(ref.params))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert out.masks["blocks"]["attn"]["query"]["kernel"].shape == (4, 128, 4, 32)
