@@ -174,6 +174,7 @@ def test_bad_lottery_config_fails_before_writing(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_more_levels_extend_a_finished_run(tmp_path):
   config = _tiny_lottery_config(levels=1, rewind="init", control="none", steps=12)
   first = lottery.run_lottery(config, str(tmp_path))

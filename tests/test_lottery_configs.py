@@ -127,6 +127,7 @@ def test_lth_config_validates_and_documents_its_command(name):
   assert "Expected" in doc or "Measured" in doc or "Published" in doc
 
 
+@pytest.mark.slow
 def test_mnist1d_lth_runs(tmp_path):
   config = _tiny("mnist1d_mlp_lth", batch_size=20)
   results = _run(config, str(tmp_path))
@@ -136,6 +137,7 @@ def test_mnist1d_lth_runs(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"{FASHION_DIR} absent (apt-get install "
                     "dataset-fashion-mnist)")
+@pytest.mark.slow
 def test_fashion_mnist_lenet300_lth_runs(tmp_path):
   config = _tiny("fashion_mnist_lenet300_lth", batch_size=60)
   results = _run(config, str(tmp_path))
@@ -145,6 +147,7 @@ def test_fashion_mnist_lenet300_lth_runs(tmp_path):
   assert layers["head/kernel"]["nnz"] == round(0.9 * round(0.9 * 1000))
 
 
+@pytest.mark.slow
 def test_cifar10_conv2_lth_runs_on_mock_data(tmp_path):
   config = _tiny("cifar10_conv2_lth")
   results = _run(config, str(tmp_path), mock_examples=16)

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE_MODULES = ("orbax", "ml_collections", "tensorflow_datasets", "tensorflow", "matplotlib", "sklearn", "mnist1d",
@@ -46,9 +48,10 @@ def test_the_readme_example_imports_nothing_of_the_engine(tmp_path):
   assert _run_example(sys.executable, str(tmp_path)) == ""
 
 
+@pytest.mark.slow
 def test_a_bare_install_in_a_fresh_venv_trains_the_readme_example(tmp_path):
   """pip install of the repository without extras into a new venv (wheels come from pip's cache or PyPI; about 35 s
-  with a warm cache). In `make test`, as the install-light issue asks."""
+  with a warm cache). In `make test-slow` (CI runs it), for the 15-minute budget of `make test`."""
   source = tmp_path / "src"  # a copy: building the wheel writes build/ beside setup.py
   shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
                                                               "__pycache__"))
@@ -63,6 +66,7 @@ def test_a_bare_install_in_a_fresh_venv_trains_the_readme_example(tmp_path):
   assert missing.returncode != 0  # no top-level `experiments` package in users' site-packages
 
 
+@pytest.mark.slow
 def test_a_pip_installed_user_launches_a_shipped_config_by_name(tmp_path):
   """The wheel (built from a copy of the repository) installed with --no-deps into a folder, run from elsewhere:
   `sparsejax.launch` (the `sparsejax-train` command) finds the shipped config by name; nothing of the checkout is on

@@ -37,12 +37,13 @@ def test_collectives_parser_sees_a_gather():
   assert ("all-gather", 512) in collectives(hlo)
 
 
-def test_per_layer_selection_equals_packed():
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_per_layer_selection_equals_packed(seed):
   """The two layouts keep exactly the same entries, ties included (small integer scores tie a lot)."""
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   topk = jax.jit(select.topk_masks_and_counts, static_argnames=("score_fn", "mode"))
   glob = jax.jit(select.global_topk_masks, static_argnames=("weights", "mode"))
-  for _ in range(12):  # each case compiles 4 selections: a few shapes, many ties
+  for _ in range(4):  # each case compiles 4 selections: a few shapes, many ties
     shapes = [tuple(rng.integers(1, 6, size=rng.integers(1, 3))) for _ in range(rng.integers(1, 4))]
     xs = [jnp.asarray(rng.integers(-3, 4, size=s).astype(np.float32)) for s in shapes]
     eligible = [jnp.asarray(rng.random(s) < 0.8) for s in shapes]
