@@ -38,7 +38,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "engine": ENGINE_REQUIRES,
-        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6", "equinox>=0.11", "safetensors>=0.4"],
         "tf": ["tensorflow-cpu>=2.16"],
     },
 )
