@@ -30,8 +30,8 @@ the ties were split by radix too).
 
 Counts are exact at any size: per array they are int32 while every count fits (the common case, unchanged dtypes),
 int64 under `jax_enable_x64`, else uint32 (below 2**32; subtractions are written never to go below zero). A global
-selection whose weighted total reaches 2**32 without x64 counts in two uint32 words (`_Wide`, with carries; histogram
-sums split into 16-bit halves so no partial sum wraps), its k given as a Python int, a float, a (hi, lo) `_Wide` or an
+selection whose weighted total reaches 2**32 without x64 counts in two uint32 words (`Wide`, with carries; histogram
+sums split into 16-bit halves so no partial sum wraps), its k given as a Python int, a float, a (hi, lo) `Wide` or an
 integer array; 'auto' then picks the per-layer layout (the packed one needs one-word counts and fewer than 2**32
 entries in all). Positions are uint32, so one array must have fewer than 2**32 entries (a ValueError says so).
 
@@ -64,7 +64,7 @@ _SCATTER_DIMS = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_wind
 def count_dtype(total: int):
   """dtype of counts up to `total` (an exact Python int): int32 when it fits, else int64 under `jax_enable_x64`, else
   uint32 below 2**32; a ValueError past that (one word could not count exactly: global selections then count in two,
-  see `_Wide`)."""
+  see `Wide`)."""
   if total <= _INT32_MAX:
     return jnp.int32
   if jax.config.jax_enable_x64:
@@ -74,17 +74,17 @@ def count_dtype(total: int):
   raise ValueError(f"select: counts up to {total} need 64-bit integers; set jax.config.update('jax_enable_x64', True)")
 
 
-def _needs_two_words(total: int) -> bool:
+def needs_two_words(total: int) -> bool:
   return total >= _WORD and not jax.config.jax_enable_x64
 
 
-class _Wide(NamedTuple):
+class Wide(NamedTuple):
   """A count in two uint32 words: hi * 2**32 + lo (exact up to 2**64)."""
   hi: jax.Array
   lo: jax.Array
 
 
-class _OneWord:
+class OneWord:
   """Count arithmetic in one integer dtype (the common case)."""
 
   def __init__(self, dtype):
@@ -127,27 +127,27 @@ class _OneWord:
     return _clip_k(k, limit, self.dtype)
 
 
-class _TwoWords(_OneWord):
-  """Count arithmetic on `_Wide` values (two uint32 words with carries), for totals of 2**32 and more without x64."""
+class TwoWords(OneWord):
+  """Count arithmetic on `Wide` values (two uint32 words with carries), for totals of 2**32 and more without x64."""
 
   def __init__(self):
     super().__init__(jnp.uint32)
 
   def of(self, x):
-    if isinstance(x, _Wide):
+    if isinstance(x, Wide):
       return x
     x = jnp.asarray(x).astype(jnp.uint32)
-    return _Wide(jnp.zeros_like(x), x)
+    return Wide(jnp.zeros_like(x), x)
 
   def const(self, v: int):
-    return _Wide(jnp.uint32(v >> 32), jnp.uint32(v & 0xFFFFFFFF))
+    return Wide(jnp.uint32(v >> 32), jnp.uint32(v & 0xFFFFFFFF))
 
   def add(self, a, b):
     lo = a.lo + b.lo
-    return _Wide(a.hi + b.hi + (lo < a.lo).astype(jnp.uint32), lo)
+    return Wide(a.hi + b.hi + (lo < a.lo).astype(jnp.uint32), lo)
 
   def sub(self, a, b):
-    return _Wide(a.hi - b.hi - (a.lo < b.lo).astype(jnp.uint32), a.lo - b.lo)
+    return Wide(a.hi - b.hi - (a.lo < b.lo).astype(jnp.uint32), a.lo - b.lo)
 
   def ge(self, a, b):
     return (a.hi > b.hi) | ((a.hi == b.hi) & (a.lo >= b.lo))
@@ -156,14 +156,14 @@ class _TwoWords(_OneWord):
     return self.where(self.ge(a, b), b, a)
 
   def where(self, c, a, b):
-    return _Wide(jnp.where(c, a.hi, b.hi), jnp.where(c, a.lo, b.lo))
+    return Wide(jnp.where(c, a.hi, b.hi), jnp.where(c, a.lo, b.lo))
 
   def _halves(self, reduce, x):
     """reduce (a sum or cumsum) of a two-word x: the 16-bit halves of x.lo are reduced apart, exact below 2**16
     terms, and recombined with their carry."""
     x = self.of(x)
     low, high = reduce(x.lo & jnp.uint32(0xFFFF)), reduce(x.lo >> 16)
-    return self.add(_Wide(reduce(x.hi) + (high >> 16), high << 16), _Wide(jnp.zeros_like(low), low))
+    return self.add(Wide(reduce(x.hi) + (high >> 16), high << 16), Wide(jnp.zeros_like(low), low))
 
   def sum(self, x, axis):
     return self._halves(lambda a: jnp.sum(a, axis), x)
@@ -172,34 +172,34 @@ class _TwoWords(_OneWord):
     return self._halves(lambda a: lax.cumsum(a, axis % jnp.ndim(a), reverse=reverse), x)
 
   def take(self, a, b):
-    return _Wide(super().take(a.hi, b), super().take(a.lo, b))
+    return Wide(super().take(a.hi, b), super().take(a.lo, b))
 
   def expand(self, a):
-    return _Wide(a.hi[..., None], a.lo[..., None])
+    return Wide(a.hi[..., None], a.lo[..., None])
 
   def narrow(self, a, dtype):
     return a.lo.astype(dtype)
 
   def clip(self, k, limit: int):
-    """k (a Python int, `_Wide`, integer or float array) as a `_Wide` clipped to [0, limit]."""
+    """k (a Python int, `Wide`, integer or float array) as a `Wide` clipped to [0, limit]."""
     if isinstance(k, (int, np.integer)):
       return self.const(min(max(int(k), 0), limit))
-    if isinstance(k, _Wide):
-      k = _Wide(jnp.asarray(k.hi).astype(jnp.uint32), jnp.asarray(k.lo).astype(jnp.uint32))
+    if isinstance(k, Wide):
+      k = Wide(jnp.asarray(k.hi).astype(jnp.uint32), jnp.asarray(k.lo).astype(jnp.uint32))
     else:
       k = jnp.asarray(k)
       if jnp.issubdtype(k.dtype, jnp.floating):
         # Exact for integral floats: hi * 2**32 and k are both multiples of k's ulp, whose difference fits.
         k = jnp.maximum(k, 0)
         hi = jnp.floor(k * 2.0**-32)
-        k = _Wide(hi.astype(jnp.uint32), (k - hi * 2.0**32).astype(jnp.uint32))
+        k = Wide(hi.astype(jnp.uint32), (k - hi * 2.0**32).astype(jnp.uint32))
       else:
         k = self.of(jnp.maximum(k, 0) if jnp.issubdtype(k.dtype, jnp.signedinteger) else k)
     return self.min(k, self.const(limit))
 
 
 def _arithmetic(total: int):
-  return _TwoWords() if _needs_two_words(total) else _OneWord(count_dtype(total))
+  return TwoWords() if needs_two_words(total) else OneWord(count_dtype(total))
 
 
 def sortable_key(scores: jax.Array) -> jax.Array:
@@ -288,7 +288,7 @@ class _Packed:
     # radix digit: 2 passes of 16 bits where the entries outnumber the bins enough (10**8 scores: 0.93 s against
     # 1.06 s), else 3 of 11 bits, at bits 21-31, 10-20 and 0-10 (bit 10 already known in the last)
     self.width = 16 if len(self.sizes) * 2**16 * _ENTRIES_PER_BIN <= n_rows * self.chunk else 11
-    if n_rows * self.chunk >= 2**32 or _needs_two_words(total):
+    if n_rows * self.chunk >= 2**32 or needs_two_words(total):
       raise ValueError(f"select: the packed layout counts in one word and positions below 2**32; this selection has "
                        f"{n_rows * self.chunk} packed entries and a weighted total of {total}: use mode='per_layer'")
     self.row_layer = np.repeat(np.arange(len(self.sizes), dtype=np.int32), self.rows)
@@ -469,8 +469,8 @@ class _Layers:
 
   def __init__(self, shapes, weights):
     self.shapes, self.sizes, widest, total = _layer_sizes(shapes, weights)
-    if len(self.sizes) >= 2**16 and _needs_two_words(total):
-      raise ValueError("select: more than 2**16 arrays in one two-word selection")  # _TwoWords' sums are exact below
+    if len(self.sizes) >= 2**16 and needs_two_words(total):
+      raise ValueError("select: more than 2**16 arrays in one two-word selection")  # TwoWords' sums are exact below
     self.weights = np.asarray(weights, np.int32)
     self.weighted = any(w != 1 for w in weights)
     self.nbits = max(max(self.sizes).bit_length(), 1)
@@ -526,7 +526,7 @@ def _radix(layout, keys, k, per_layer):
   shifts = [max(_BITS - w * (i + 1), 0) for i in range(-(-_BITS // w))]
   aboves = [0] + [(0xFFFFFFFF << s) & 0xFFFFFFFF for s in shifts[:-1]]  # the bits decided before each pass
   n = len(layout.sizes)
-  ops = _OneWord(layout.dtype) if per_layer else layout.ops
+  ops = OneWord(layout.dtype) if per_layer else layout.ops
 
   def body(i, state):
     t, left, _, eligible = state
@@ -560,7 +560,7 @@ def _select(layout, keys, k, per_layer):
   (masks, eligible counts)."""
   n = len(layout.sizes)
   t, need, tied_per, eligible = _radix(layout, keys, k, per_layer)  # need: kept from the ties, lowest positions first
-  ops = _OneWord(layout.dtype) if per_layer else layout.ops
+  ops = OneWord(layout.dtype) if per_layer else layout.ops
   take_all = jnp.all(ops.ge(need, tied_per if per_layer else ops.sum(tied_per, 0)))
 
   def split_ties(_):
@@ -644,7 +644,7 @@ def global_topk_masks(scores: Sequence[jax.Array], k, eligible: Optional[Sequenc
   Args:
     scores: arrays of scores (any shapes), or raw arrays when `score_fn` is given.
     k: how many to keep, counted in weights (may be traced). Past 2**32 without `jax_enable_x64`, give it as a Python
-      int, a float or a `_Wide` (hi, lo) pair of uint32 words.
+      int, a float or a `Wide` (hi, lo) pair of uint32 words.
     eligible: optional bool arrays (or None entries); ineligible entries are never selected nor counted.
     weights: optional int per array: what one selected entry counts for (group sizes for structured pruning). The
       selection then keeps the smallest set of top entries whose weighted count reaches k.

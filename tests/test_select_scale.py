@@ -135,7 +135,7 @@ def test_global_gmp_counts_in_two_words_give_the_one_word_masks(monkeypatch, ste
 
   one = masks()
   monkeypatch.setattr(select, "_WORD", 2**10)  # 4200 weights now "past a word"
-  assert select._needs_two_words(4200)
+  assert select.needs_two_words(4200)
   two = masks()
   for k in one:
     np.testing.assert_array_equal(np.asarray(one[k]), np.asarray(two[k]), err_msg=k)
@@ -149,14 +149,14 @@ def test_global_gmp_counts_in_two_words_give_the_one_word_masks(monkeypatch, ste
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _int(w) -> np.ndarray:
-  """Python ints of a _Wide."""
+  """Python ints of a Wide."""
   return np.vectorize(lambda h, l: (int(h) << 32) | int(l), otypes=[object])(np.asarray(w.hi), np.asarray(w.lo))
 
 
-def _wide(values) -> "select._Wide":
-  """A _Wide vector (or scalar, from an int) of Python ints below 2**64."""
+def _wide(values) -> "select.Wide":
+  """A Wide vector (or scalar, from an int) of Python ints below 2**64."""
   v = np.asarray(values, object)
-  return select._Wide(jnp.asarray(np.asarray(v >> 32, np.uint64), jnp.uint32),
+  return select.Wide(jnp.asarray(np.asarray(v >> 32, np.uint64), jnp.uint32),
                       jnp.asarray(np.asarray(v & 0xFFFFFFFF, np.uint64), jnp.uint32))
 
 
@@ -168,7 +168,7 @@ _WIDE = st.integers(0, 2**56)
 @given(st.lists(_U32, min_size=6, max_size=6), st.lists(_WIDE, min_size=6, max_size=6),
        st.lists(_WIDE, min_size=6, max_size=6))
 def test_two_word_arithmetic_matches_python_ints(narrow, a, b):
-  ops = select._TwoWords()
+  ops = select.TwoWords()
   wa, wb = _wide(a), _wide(b)
   big, small = _wide([max(x, y) for x, y in zip(a, b)]), _wide([min(x, y) for x, y in zip(a, b)])
   assert list(_int(ops.add(wa, wb))) == [x + y for x, y in zip(a, b)]
@@ -187,7 +187,7 @@ def test_two_word_arithmetic_matches_python_ints(narrow, a, b):
 @settings(deadline=None, database=None, max_examples=40)
 @given(st.integers(-2**40, 2**66), st.integers(0, 2**63))
 def test_two_word_clip_of_ints_floats_and_pairs(k, limit):
-  ops = select._TwoWords()
+  ops = select.TwoWords()
   clipped = min(max(k, 0), limit)
   assert int(_int(ops.clip(k, limit))) == clipped
   pair = max(k, 0) % 2**64
@@ -200,7 +200,7 @@ def test_two_word_clip_of_ints_floats_and_pairs(k, limit):
 
 def test_two_word_sums_of_many_terms():
   """The 16-bit halves keep sums exact with up to 2**16 - 1 terms of 2**32 - 1."""
-  ops = select._TwoWords()
+  ops = select.TwoWords()
   x = jnp.full((2**16 - 1,), 2**32 - 1, jnp.uint32)
   assert int(_int(ops.sum(x, 0))) == (2**16 - 1) * (2**32 - 1)
   assert int(_int(ops.cumsum(x, 0))[-1]) == (2**16 - 1) * (2**32 - 1)
@@ -249,7 +249,7 @@ def test_two_word_path_gives_the_one_word_masks(monkeypatch, mode):
   ref = {k: one(xs, eligible, k) for k in range(0, total + 2, 37)}
   monkeypatch.setattr(select, "_WORD", 8)
   assert isinstance(select._layout(xs, weights, mode), select._Layers)
-  assert isinstance(select._layout(xs, weights, mode).ops, select._TwoWords)
+  assert isinstance(select._layout(xs, weights, mode).ops, select.TwoWords)
   two = jax.jit(lambda xs, e, k: select.global_topk_masks(xs, k, e, weights=weights, mode=mode))
   for k, want in ref.items():
     for a, b in zip(two(xs, eligible, k), want):
@@ -262,8 +262,8 @@ def test_selection_traces_past_2_32():
   per-array selection in uint32; 'packed' and arrays of 2**32 entries are refused with the limit named."""
   xs = [jax.ShapeDtypeStruct((50000, 50000), jnp.float32)] * 3
   u32 = jax.ShapeDtypeStruct((), jnp.uint32)
-  assert isinstance(select._layout(xs, [1] * 3, "auto").ops, select._TwoWords)
-  out = jax.eval_shape(lambda xs, hi, lo: select.global_topk_masks(xs, select._Wide(hi, lo)), xs, u32, u32)
+  assert isinstance(select._layout(xs, [1] * 3, "auto").ops, select.TwoWords)
+  out = jax.eval_shape(lambda xs, hi, lo: select.global_topk_masks(xs, select.Wide(hi, lo)), xs, u32, u32)
   assert [(m.shape, m.dtype) for m in out] == [((50000, 50000), jnp.bool_)] * 3
   lowered = jax.jit(lambda xs: select.global_topk_masks(xs, 5 * 10**9, score_fn=jnp.abs)).lower(xs)
   assert "tensor<50000x50000xi1>" in lowered.as_text()

@@ -205,12 +205,12 @@ def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Arra
   """keep_count at `current`, except at the schedule's end (sparsity_t == target), where the count of the Python
   float `final` is exact at any size (a float32 sparsity of 0.9 would keep 10000002 of 10**8)."""
   at_target = jnp.asarray(sparsity_t, jnp.float32) == jnp.float32(plan.target)
-  if select._needs_two_words(size):  # pylint: disable=protected-access
-    # 2**32 weights or more without x64: the count in two uint32 words (select._Wide), exact at the target.
-    ops = select._TwoWords()  # pylint: disable=protected-access
+  if select.needs_two_words(size):
+    # 2**32 weights or more without x64: the count in two uint32 words (select.Wide), exact at the target.
+    ops = select.TwoWords()
     exact = ops.const(round((1.0 - float(final)) * size))
     now = ops.clip(jnp.round((1.0 - jnp.asarray(current, jnp.float32)) * jnp.float32(size)), size)
-    return select._Wide(jnp.where(at_target, exact.hi, now.hi), jnp.where(at_target, exact.lo, now.lo))  # pylint: disable=protected-access
+    return select.Wide(jnp.where(at_target, exact.hi, now.hi), jnp.where(at_target, exact.lo, now.lo))
   return jnp.where(at_target, distributions.keep_count(final, size), distributions.keep_count(current, size))
 
 
