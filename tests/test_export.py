@@ -67,8 +67,11 @@ def _assert_bit_equal(restored, original):
 def test_unstructured_round_trip_is_bit_exact(tmp_path, sparsity):
   params = _prune(_tree(np.random.default_rng(0)), lambda _, x: _magnitude(x, sparsity))
   params["dense_0"]["kernel"][0, :3] = [-0.0, np.nan, np.inf]  # kept values with unusual bits
-  header = sj.export.save(tmp_path / "p.npz", params)
+  header = sj.export.save(tmp_path / "p.npz", params, compress=False)
   _assert_bit_equal(sj.export.load(tmp_path / "p.npz"), params)
+  sj.export.save(tmp_path / "deflated.npz", params)
+  _assert_bit_equal(sj.export.load(tmp_path / "deflated.npz"), params)
+  assert (tmp_path / "deflated.npz").stat().st_size < (tmp_path / "p.npz").stat().st_size
   encodings = {leaf["path"]: leaf["encoding"] for leaf in header["leaves"]}
   assert encodings["dense_0/kernel"] == "bitmask" and encodings["dense_0/bias"] == "dense"
   assert encodings["wte/embedding"] == encodings["step"] == encodings["flag"] == "dense"

@@ -9,7 +9,8 @@ dtype and encoding) and the arrays of each leaf. A prunable leaf is stored in th
   (`sparsejax.granularity.input_axis`), exactly n values per group and each one's position in its group, packed in
   ceil(log2 m) bits (2:4: 2 bits per kept value, the metadata layout of sparse tensor cores).
 
-Other leaves are dense. Values are stored as their raw bits (a -0.0 or a NaN comes back as it went in, and bfloat16
+Other leaves are dense. The archive is zip-deflated by default, which shrinks the mostly-zero bitmask of a very
+sparse leaf several times more. Values are stored as their raw bits (a -0.0 or a NaN comes back as it went in, and bfloat16
 needs no numpy support), so `load(save(params))` equals params exactly, dtype included.
 
 >>> import os, tempfile
@@ -177,7 +178,7 @@ def _leaves(params: PyTree, masks: PyTree) -> list[tuple[tuple, np.ndarray, bool
 
 
 def save(path: str, params: PyTree, masks: PyTree = None, nm=None, layout: str = "flax",
-         compress: bool = False) -> dict:
+         compress: bool = True) -> dict:
   """Writes params to `path` (an .npz archive) in the packed form; returns its header.
 
   Args:
@@ -187,7 +188,8 @@ def save(path: str, params: PyTree, masks: PyTree = None, nm=None, layout: str =
       sparse encodings. None: the default prunable leaves (kernels, not biases or embeddings), as they are.
     nm: 'N:M' (or (N, M)) to try the n:m encoding on each prunable leaf, groups along the input axis of `layout`.
     layout: 'flax' | 'torch': which axis is a kernel's input axis for n:m (`sparsejax.granularity.input_axis`).
-    compress: zip-deflate the archive's members too (`np.savez_compressed`).
+    compress: zip-deflate the archive's members (`np.savez_compressed`): the bitmask of a very sparse leaf is mostly
+      zero bytes, and deflate shrinks it several times (`experiments/bench_export.py`); False writes `np.savez`.
   """
   from sparsejax import __version__  # pylint: disable=g-import-not-at-top (the package imports this module)
   nm = _parse_nm(nm)
