@@ -38,7 +38,11 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "engine": ENGINE_REQUIRES,
-        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6", "equinox>=0.11", "safetensors>=0.4"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6", "equinox>=0.11", "safetensors>=0.4",
+                 "tensorboardX>=2.6"],
         "tf": ["tensorflow-cpu>=2.16"],
+        # config.training.tensorboard: event files beside metrics.jsonl. tensorboardX needs only numpy and protobuf;
+        # clu.metric_writers imports TensorFlow (sparsejax/tensorboard_events.py).
+        "tensorboard": ["tensorboardX>=2.6"],
     },
 )

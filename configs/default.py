@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.keep_checkpoints = 2
   training.async_checkpoint = True                       # write checkpoints in the background while training
   training.progress = "auto"                             # auto | bar | lines | none
+  training.tensorboard = False                           # also TensorBoard event files beside metrics.jsonl
 
   # Every field of sparsejax/config.py, so that each can be set from the command line on every config.
   config.sparsity = ml_collections.ConfigDict()

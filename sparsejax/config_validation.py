@@ -14,6 +14,7 @@ out in `configs/default.py`. Durations are converted to steps in one place, `num
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 from typing import Any, Callable, Mapping
 
@@ -46,6 +47,7 @@ TRAINING_DEFAULTS = {
     "keep_checkpoints": 2,
     "async_checkpoint": True,
     "progress": "auto",
+    "tensorboard": False,
 }
 # Post-training pruning (sparsejax.posttrain_run); method None: off. Options across fields (a target that an n:m
 # granularity fixes, OWL's lambda against the target) are checked by `sparsejax.validation`.
@@ -111,6 +113,7 @@ _TRAINING_CHECKS = {
     "keep_checkpoints": _int_at_least(1),
     "async_checkpoint": ((lambda v: isinstance(v, bool)), "True or False"),
     "progress": _choice(PROGRESS),
+    "tensorboard": ((lambda v: isinstance(v, bool)), "True or False"),
 }
 _POSTTRAIN_CHECKS = {
     "method": ((lambda v: v is None or v in POSTTRAIN_METHODS), f"None (off) or one of {list(POSTTRAIN_METHODS)}"),
@@ -169,6 +172,9 @@ def _check_training(training: dict) -> None:
   if (training["num_steps"] is None) == (training["num_epochs"] is None):
     raise ValueError("config.training.num_steps / config.training.num_epochs: set exactly one of them (got "
                      f"num_steps={training['num_steps']!r}, num_epochs={training['num_epochs']!r})")
+  if training["tensorboard"] and importlib.util.find_spec("tensorboardX") is None:
+    raise ValueError("config.training.tensorboard: got True; accepted values: False, or True with tensorboardX "
+                     "installed (pip install 'sparsejax[tensorboard]')")
   if training["lr_schedule"] == "warmup_cosine" and training["warmup_steps"] < 1:
     raise ValueError("config.training.warmup_steps: lr_schedule 'warmup_cosine' needs warmup_steps >= 1 "
                      "(or use lr_schedule 'cosine')")

@@ -211,7 +211,7 @@ class Lottery:
       state = restored
     start = max(start, resumed)
     partial = report.read_json(os.path.join(run_dir, "best.json"))
-    with report.MetricsWriter(run_dir, start) as writer:
+    with report.MetricsWriter(run_dir, start, self.training.tensorboard) as writer:
       best = _Best(writer, partial if resumed else None)
       t0, offset = time.time(), (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0)
       clock = lambda: offset + time.time() - t0  # noqa: E731

@@ -276,7 +276,7 @@ def run(config, workdir: str) -> dict:
     checkpoint.save(manager, 0, state)
     start = 0
   target = checkpoint.abstract_like(state)
-  with report.MetricsWriter(workdir, start) as writer:
+  with report.MetricsWriter(workdir, start, training.tensorboard) as writer:
     offset = writer.previous[-1]["wall_seconds"] if writer.previous else record["prune_wall_seconds"]
     started = time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731

@@ -1,4 +1,5 @@
-"""What a run leaves in its workdir: config.json, metrics.jsonl, results.json, a plot; and the progress display.
+"""What a run leaves in its workdir: config.json, metrics.jsonl (and TensorBoard event files beside it when
+`config.training.tensorboard` asks), results.json, a plot; and the progress display.
 
 Only the files named here are ever written; a workdir that holds anything else must already carry our config.json,
 so a typo in `--workdir` cannot overwrite someone's files. With several processes (multi-host) only process 0 writes
@@ -27,17 +28,18 @@ from etils import epath
 import jax
 import ml_collections
 
-from sparsejax import config_validation, distributions
+from sparsejax import config_validation, distributions, tensorboard_events
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+EVENTS_PREFIX = tensorboard_events.EVENTS_PREFIX  # TensorBoard event files beside metrics.jsonl (training.tensorboard)
 RESULTS_FILE = "results.json"
 PLOT_FILE = "training.png"
 # Fields that do not change what is trained (display, bookkeeping, and the device count: the batch and its order are
 # the same, only float reduction order differs), so a run may be resumed with other values.
 _RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.eval_every", "training.eval_batch_size",
                           "training.checkpoint_every", "training.keep_checkpoints",
-                          "training.async_checkpoint", "mesh.data_parallel",
+                          "training.async_checkpoint", "training.tensorboard", "mesh.data_parallel",
                           "mesh.multihost", "sparsity.levels")  # more IMP levels extend a run; finished ones stay
 # Fields added to the config after runs were written: a config.json without them resumes when they are at these
 # defaults (which change nothing about what is trained).
@@ -173,7 +175,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to metrics.jsonl.
+  """Appends one JSON object per logged step to metrics.jsonl (and, with `tensorboard`, its numeric fields to
+  TensorBoard event files in the same directory: `sparsejax.tensorboard_events`).
 
   On resume from checkpoint step k the records after k (written by the killed run past its last checkpoint) are
   dropped first, so every step appears once and the file matches an uninterrupted run. A remote file (gs://) is
@@ -181,13 +184,16 @@ class MetricsWriter:
   upload before it closes.
   """
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, tensorboard: bool = False):
     self.path = as_path(workdir) / METRICS_FILE
     self.previous = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
     self._file = None
     self._lines = None  # remote: every line so far
+    self._events = None
     if not is_writer():
       return
+    if tensorboard:  # event files beside metrics.jsonl, holding the same records (`config.training.tensorboard`)
+      self._events = tensorboard_events.EventWriter(workdir, self.previous)
     lines = [json.dumps(r) + "\n" for r in self.previous]
     if is_remote(self.path):
       self._lines = lines
@@ -198,6 +204,8 @@ class MetricsWriter:
     self._file = self.path.open("a")
 
   def write(self, record: dict) -> None:
+    if self._events is not None:
+      self._events.write(record)
     line = json.dumps(finite_json(record), allow_nan=False) + "\n"
     if self._file is not None:
       self._file.write(line)
@@ -209,6 +217,8 @@ class MetricsWriter:
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
+    if self._events is not None:
+      self._events.close()
 
   def __enter__(self):
     return self

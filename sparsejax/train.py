@@ -442,7 +442,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_fn = make_eval_step(setup.model, setup.mesh, sharding)
   step_fn = make_train_step(setup.model, setup.tx, setup.mesh, training.label_smoothing, sharding)
   target = checkpoint.abstract_like(state)
-  with report.MetricsWriter(workdir, start_step) as writer:
+  with report.MetricsWriter(workdir, start_step, training.tensorboard) as writer:
     offset, started = (writer.previous[-1]["wall_seconds"] if writer.previous else 0.0), time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731
     progress = report.Progress(training.progress, start_step, setup.num_steps)
