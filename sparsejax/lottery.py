@@ -18,21 +18,23 @@ weights per layer at random positions. `both` trains the two.
 All levels and controls share one compiled train step: masks change, shapes do not. Every run of a level lives in
 `workdir/levels/<level>_<run>/` (checkpoints, metrics.jsonl, result.json), so a killed experiment resumes inside the
 level it was in and never redoes a finished one.
+
+The IMP steps themselves are library calls (`sparsejax.tickets`: `next_masks`, `rewind`, `random_mask`,
+`random_reinit`, `snapshot`), which a user's own loop makes too; this driver adds the config, the checkpoints, resume
+and the results files around them. `train_and_evaluate` finds it by name (`train.DRIVERS`).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import sparsejax as sj
-from sparsejax import checkpoint, report, select, validation
+from sparsejax import checkpoint, report, tickets, validation
 from sparsejax import train as train_lib
 
 TICKET = "ticket"
@@ -42,57 +44,25 @@ CONTROLS = {"none": (), "random_reinit": ("random_reinit",), "random_mask": ("ra
 
 def layer_fractions(paths, cfg: dict) -> list[float]:
   """Prune fraction of each layer: `prune_fraction`, or the first matching regex of `prune_fraction_overrides`."""
-  overrides = cfg.get("prune_fraction_overrides") or {}
-  out = []
-  for path in paths:
-    hit = next((v for rx, v in overrides.items() if re.search(rx, path)), cfg["prune_fraction"])
-    out.append(float(hit))
-  return out
+  return tickets.layer_fractions(paths, cfg["prune_fraction"], cfg.get("prune_fraction_overrides"))
 
 
 def next_masks(params, masks, cfg: dict):
-  """The masks of the next IMP level: remove a fraction of the weights that remain, by magnitude.
-
-  Per layer (distribution 'uniform'): layer l keeps round((1 - p_l) * nnz_l) of its kept weights. Globally
-  ('global'): round((1 - p) * nnz) over all layers, each layer keeping at least its min_density floor.
-  """
-  paths = sj.masks.mask_paths(masks)
-  flat = dict(sj.masks.flatten_with_paths(params))
-  scores = [jnp.abs(flat[p]) for p in paths]
-  old = sj.masks.mask_leaves(masks)
-  nnz = [jnp.sum(m, dtype=jnp.int32) for m in old]
-  if cfg["distribution"] == "global":
-    keep = jnp.round((1.0 - cfg["prune_fraction"]) * sum(nnz)).astype(jnp.int32)
-    floors = [min(int(np.ceil(cfg["min_density"] * m.size)), m.size) for m in old]
-    floor_masks = select.topk_masks(scores, floors, old)
-    rest = select.global_topk_masks(scores, keep - sum(jnp.sum(f, dtype=jnp.int32) for f in floor_masks),
-                                    [o & ~f for o, f in zip(old, floor_masks)])
-    new = [a | b for a, b in zip(floor_masks, rest)]
-  else:
-    ks = [jnp.round((1.0 - p) * n).astype(jnp.int32) for p, n in zip(layer_fractions(paths, cfg), nnz)]
-    new = select.topk_masks(scores, ks, old)
-  by_path = dict(zip(paths, new))
-  return sj.masks.map_prunable(lambda p, _: by_path[p], params, paths)
+  """The masks of the next IMP level from the config's fields (`sparsejax.tickets.next_masks`): per layer
+  (distribution 'uniform', with `prune_fraction_overrides`) or globally ('global', with the `min_density` floor)."""
+  per_layer = cfg["distribution"] != "global"
+  return tickets.next_masks(params, masks, cfg["prune_fraction"], distribution=cfg["distribution"],
+                            overrides=cfg.get("prune_fraction_overrides") if per_layer else None,
+                            min_density=cfg["min_density"])
 
 
-@jax.jit
-def random_masks_like(masks, rng):
-  """Masks with the same number of kept entries per layer as `masks`, at uniformly random positions (jitted: the
-  selection's counting loops dispatched op by op took seconds per level)."""
-  paths = sj.masks.mask_paths(masks)
-  leaves = sj.masks.mask_leaves(masks)
-  keys = jax.random.split(rng, len(leaves))
-  new = select.topk_masks([jax.random.uniform(k, m.shape) for k, m in zip(keys, leaves)],
-                          [jnp.sum(m, dtype=jnp.int32) for m in leaves])
-  by_path = dict(zip(paths, new))
-  return jax.tree_util.tree_map_with_path(
-      lambda kp, m: None if m is None else by_path[sj.masks.path_str(kp)], masks, is_leaf=sj.masks.is_none)
+random_masks_like = tickets.random_masks_like
 
 
 def with_masks(state, masks, params=None):
-  """`state` with new masks in its optimizer state and params (default: its own) pruned to them."""
-  params = state.params if params is None else params
-  return state.replace(params=sj.apply_masks(params, masks), opt_state=sj.set_masks(state.opt_state, masks))
+  """`state` with new masks in its optimizer state and params (default: its own) pruned to them (`tickets.rewind`)."""
+  params, opt_state = tickets.rewind(state.params if params is None else params, state.opt_state, masks)
+  return state.replace(params=params, opt_state=opt_state)
 
 
 def check_config(setup: train_lib.Setup) -> dict:
@@ -116,13 +86,8 @@ class _Best:
     self.writer.write(record)
 
 
-# Streams of the controls' keys: fold_in(fold_in(PRNGKey(seed), stream), level), so no (seed, level) pair shares a
-# key with another (`PRNGKey(seed + 1 + level)` made seed 0 level L+1 equal seed 1 level L).
-RANDOM_MASK_STREAM, RANDOM_REINIT_STREAM = 1, 2
-
-
-def control_key(seed: int, stream: int, level: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), level)
+RANDOM_MASK_STREAM, RANDOM_REINIT_STREAM = tickets.RANDOM_MASK_STREAM, tickets.RANDOM_REINIT_STREAM
+control_key = tickets.control_key
 
 
 def _run_dir(workdir, level, run):
@@ -189,12 +154,11 @@ class Lottery:
       if rewind == "lr":  # trained weights with their own BatchNorm statistics; only the schedule is rewound
         state = state.replace(params=previous.params, batch_stats=previous.batch_stats)
     if run == "random_mask":
-      masks = random_masks_like(masks, control_key(self.cfg["seed"], RANDOM_MASK_STREAM, level))
+      masks = tickets.random_mask(masks, self.cfg["seed"], level)
     if run == "random_reinit":
-      other = train_lib.create_train_state(self.setup.config, self.setup.model, self.setup.dataset,
-                                           control_key(self.setup.config.seed, RANDOM_REINIT_STREAM, level),
-                                           self.setup.tx, self.setup.mesh)
-      state = state.replace(params=other.params)
+      init = lambda key: train_lib.create_train_state(self.setup.config, self.setup.model, self.setup.dataset,  # noqa: E731
+                                                      key, self.setup.tx, self.setup.mesh).params
+      state = state.replace(params=tickets.random_reinit(init, masks, self.setup.config.seed, level))
     # on the shardings of the first state, so the compiled step is reused as it is
     return self._on_devices(with_masks(state, jax.tree.map(jnp.asarray, masks))), start, end
 
@@ -252,13 +216,12 @@ class Lottery:
       on_level: optional callback, called with the list of finished level entries after each level.
     """
     levels, parent, final = [], None, None
-    next_masks_fn = jax.jit(next_masks, static_argnums=2)
     t0 = time.time()
     for level in range(self.cfg["levels"] + 1):
       if level == 0:
         masks = sj.get_masks(self.initial.opt_state)
       else:  # the previous ticket level's trained weights decide this level's masks
-        masks = next_masks_fn(parent.params, sj.get_masks(parent.opt_state), _Frozen(self.cfg))
+        masks = next_masks(parent.params, sj.get_masks(parent.opt_state), self.cfg)
       masks = _keep(masks)  # on the host: every run gets its own device copy (steps donate their state)
       entry = None
       for run in (TICKET,) + (CONTROLS[self.cfg["control"]] if level else ()):
@@ -303,12 +266,7 @@ class Lottery:
                       "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _keep(tree):
-  """A copy of `tree` that outlives the donated train state: on the host with one process; on the devices with
-  several, where no process holds a sharded state whole (device_get would fail)."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
+_keep = tickets.snapshot  # a copy that outlives the donated train state
 
 
 class _Frozen(dict):

@@ -5,12 +5,14 @@ checkpoints, results. The loop knows the pruner only through `sparsejax.sparsify
 
 Other drivers (the lottery-ticket driver, notebooks) reuse the pieces:
 `build(config)` -> `create_train_state` -> `make_train_step` / `make_eval_step` -> `train_loop(..., hooks)` ->
-`evaluate`; `standard_hooks` gives the periodic eval / log / checkpoint callbacks of a run.
+`evaluate`; `standard_hooks` gives the periodic eval / log / checkpoint callbacks of a run. The drivers that
+`train_and_evaluate` hands a config to (IMP, post-training pruning) import this module for those pieces, so it finds
+them by name (`DRIVERS`) and never imports them: the package has no import cycle (`tests/test_imports.py`).
 """
 from __future__ import annotations
 
 import functools
-import os
+import importlib
 import signal
 import sys
 import threading
@@ -26,7 +28,7 @@ import optax
 from jax.sharding import Mesh
 
 import sparsejax as sj
-from sparsejax import checkpoint, config_validation, optim, parallel, report, steps, units, validation
+from sparsejax import checkpoint, config_validation, faults, optim, parallel, report, steps, units, validation
 from sparsejax.data import create_dataset
 from sparsejax.models import create_model, default_sharding_rules
 from sparsejax.pruners import pai
@@ -248,18 +250,7 @@ def train_loop(state: TrainState, step_fn: Callable, dataset, batch_size: int, m
   return state
 
 
-_FAULT_COUNTS: dict = {}
-
-
-def _fault_point(name: str, sig: int = signal.SIGKILL) -> None:
-  """Fault injection for the engine's own tests: send `sig` (SIGKILL) to this process the Nth time it passes point
-  `name`, where N is the environment variable `name` (unset: never). Real users never set these."""
-  at = os.environ.get(name)
-  if at is None:
-    return
-  _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
-  if _FAULT_COUNTS[name] == int(at):
-    os.kill(os.getpid(), sig)
+_fault_point = faults.point  # the engine's fault tests kill a run at these points
 
 
 def is_due(step: int, every: int, end_step: int) -> bool:
@@ -399,6 +390,22 @@ def _finished(workdir: str, num_steps: int) -> Optional[dict]:
   return None
 
 
+# What `train_and_evaluate` hands over to other modules, as "module:function", imported when first used: those
+# modules import this one for its pieces (a registry by name in the big_vision way, not an import cycle).
+DRIVERS = {
+    "imp": "sparsejax.lottery:run_lottery",              # the lottery-ticket driver: (config, workdir) -> results
+    "posttrain": "sparsejax.posttrain_run:run",          # post-training pruning: (config, workdir) -> results
+    "init_from": "sparsejax.posttrain_run:initial_weights",  # the weights of config.init_from's run
+    "start_from": "sparsejax.posttrain_run:start_from",  # a fresh train state with those weights
+}
+
+
+def driver(name: str) -> Callable:
+  """The function `DRIVERS[name]` names (its module imported on first use)."""
+  module, function = DRIVERS[name].split(":")
+  return getattr(importlib.import_module(module), function)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates one config in `workdir`, resuming from its latest checkpoint; returns results.json.
 
@@ -413,11 +420,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   config = validation.validate(config, workdir)  # every config and workdir error before the dataset is opened
   if config.sparsity.algorithm == "imp":
-    from sparsejax import lottery  # pylint: disable=g-import-not-at-top (lottery imports this module)
-    return lottery.run_lottery(config, workdir)
+    return driver("imp")(config, workdir)
   if config.posttrain.method is not None:
-    from sparsejax import posttrain_run  # pylint: disable=g-import-not-at-top (posttrain_run imports this module)
-    return posttrain_run.run(config, workdir)
+    return driver("posttrain")(config, workdir)
   resuming_run = report.check_workdir(workdir, config)
   setup = build(config, workdir)
   results = _finished(workdir, setup.num_steps) if resuming_run else None
@@ -428,14 +433,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resuming = checkpoint.latest_step(workdir) is not None
   initial = None
   if setup.config.init_from is not None and not resuming:  # restored before anything is written
-    from sparsejax import posttrain_run  # pylint: disable=g-import-not-at-top
-    initial = posttrain_run.initial_weights(setup.config, setup.model, setup.dataset, setup.mesh)
+    initial = driver("init_from")(setup.config, setup.model, setup.dataset, setup.mesh)
   report.write_config(workdir, setup.config)
   training = setup.config.training
   state = create_train_state(setup.config, setup.model, setup.dataset, jax.random.PRNGKey(setup.config.seed),
                              setup.tx, setup.mesh, prune_at_init=not resuming and initial is None)
   if initial is not None:
-    state = posttrain_run.start_from(state, initial, setup.config, setup.model, setup.dataset, setup.mesh)
+    state = driver("start_from")(state, initial, setup.config, setup.model, setup.dataset, setup.mesh)
   manager = checkpoint.create_manager(workdir, training.keep_checkpoints, training.async_checkpoint)
   start_step, state = checkpoint.restore_latest(manager, state)
   sharding = jax.tree.map(lambda x: x.sharding, state)

@@ -4,6 +4,8 @@ import io
 import os
 import re
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,3 +24,25 @@ def test_readme_library_example_runs():
   summary = sj.summary(sj.get_masks(namespace["opt_state"]), params)
   assert summary["layers"]["layers_0/kernel"]["nnz"] == 23520 and summary["layers"]["layers_2/kernel"]["nnz"] == 300
   assert "layers_0/kernel" in printed and "23520" in printed
+
+
+def _run_block(heading):
+  readme = open(os.path.join(REPO, "README.md")).read()
+  section = readme[readme.index(heading):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  out, namespace = io.StringIO(), {}
+  with contextlib.redirect_stdout(out):
+    exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  return out.getvalue(), namespace
+
+
+@pytest.mark.slow  # 17 s of CPU alone (compiles); the same example runs in make test as sparsejax.tickets' doctest
+def test_readme_lottery_example_runs():
+  printed, ns = _run_block("## Lottery tickets in your own loop")
+  levels = [line.split() for line in printed.splitlines()]
+  assert [int(lv[0]) for lv in levels] == [0, 1, 2, 3]
+  assert [round(float(lv[1]), 3) for lv in levels] == [0.0, 0.2, 0.36, 0.488]  # counted from the trained weights
+  sj, masks, rand = ns["sj"], ns["masks"], ns["rand"]
+  ticket, control = sj.summary(masks)["layers"], sj.summary(rand)["layers"]
+  assert {p: d["nnz"] for p, d in ticket.items()} == {p: d["nnz"] for p, d in control.items()}
+  assert sj.summary(masks, ns["fresh"])["total"]["nnz"] == sj.summary(masks)["total"]["nnz"]  # reinit: the same masks
