@@ -78,14 +78,16 @@ def sizes() -> None:
         np.savez_compressed(os.path.join(folder, "deflated.npz"), **flat)
         sj.export.save(os.path.join(folder, "packed.npz"), stripped, result.masks, nm=nm, compress=False)
         sj.export.save(os.path.join(folder, "packed_z.npz"), stripped, result.masks, nm=nm, compress=True)
-        got = {k: os.path.getsize(os.path.join(folder, f"{k}.npz")) for k in ("dense", "deflated", "packed", "packed_z")}
+        got = {k: os.path.getsize(os.path.join(folder, f"{k}.npz"))
+               for k in ("dense", "deflated", "packed", "packed_z")}
         got["orbax"] = _orbax_bytes(stripped, folder)
         exact = _exact(sj.export.load(os.path.join(folder, "packed.npz")), stripped) and _exact(
             sj.export.load(os.path.join(folder, "packed_z.npz")), stripped)
       sparsity = float(sj.masks.sparsity(result.masks))
       cell = lambda k: f"{got[k]:>9,} {got[k] / got['dense']:5.3f}x"  # noqa: E731
       print(f"{name:9} {label:6} {sparsity:8.4f} {got['dense']:>10,} {cell('deflated'):>16} {cell('orbax'):>16} "
-            f"{cell('packed'):>16} {cell('packed_z'):>16} {got['packed_z'] / got['orbax']:6.3f}  {'yes' if exact else 'NO'}")
+            f"{cell('packed'):>16} {cell('packed_z'):>16} {got['packed_z'] / got['orbax']:6.3f}  "
+            f"{'yes' if exact else 'NO'}")
 
 
 def _time(fn, args, calls):

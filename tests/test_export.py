@@ -179,7 +179,8 @@ def test_safetensors_mlp_loads_in_torch_layout_and_gives_the_flax_logits(tmp_pat
   params = jax.tree.map(np.asarray, sj.export.strip(params, masks))
   sj.export.to_safetensors(params, tmp_path / "m.safetensors")
   loaded = load_file(tmp_path / "m.safetensors")
-  assert sorted(loaded) == sorted(f"{layer}.{p}" for layer in ("dense_0", "dense_1", "head") for p in ("weight", "bias"))
+  layers = ("dense_0", "dense_1", "head")
+  assert sorted(loaded) == sorted(f"{layer}.{p}" for layer in layers for p in ("weight", "bias"))
   for layer in ("dense_0", "dense_1", "head"):
     np.testing.assert_array_equal(loaded[f"{layer}.weight"], np.asarray(params[layer]["kernel"]).T)
     np.testing.assert_array_equal(loaded[f"{layer}.bias"], np.asarray(params[layer]["bias"]))
@@ -278,3 +279,18 @@ def test_sparse_dense_errors():
     sj.export.sparse_dense(jnp.zeros((2, 2)), format="csr")
   with pytest.raises(ValueError, match="2 axes"):
     sj.export.sparse_dense(jnp.zeros((2, 2, 2)))
+
+
+def test_readme_export_example_runs(tmp_path, monkeypatch):
+  import os
+  import re
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+  code = re.search(r"```python\n(.*?)```", readme[readme.index("## Export"):], re.S).group(1)
+  monkeypatch.chdir(tmp_path)  # it writes model.npz and model.safetensors
+  namespace = {}
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  _assert_bit_equal(namespace["restored"], jax.tree.map(np.asarray, namespace["plain"]))
+  assert load_file("model.safetensors")["dense_0.weight"].shape == (300, 784)
+  kernel = np.asarray(namespace["plain"]["dense_0"]["kernel"])
+  np.testing.assert_allclose(namespace["logits"], np.ones((64, 784), np.float32) @ kernel, rtol=1e-5, atol=1e-4)
+  assert 0.89 < (kernel == 0).mean() < 0.91

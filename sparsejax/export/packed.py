@@ -10,8 +10,8 @@ dtype and encoding) and the arrays of each leaf. A prunable leaf is stored in th
   ceil(log2 m) bits (2:4: 2 bits per kept value, the metadata layout of sparse tensor cores).
 
 Other leaves are dense. The archive is zip-deflated by default, which shrinks the mostly-zero bitmask of a very
-sparse leaf several times more. Values are stored as their raw bits (a -0.0 or a NaN comes back as it went in, and bfloat16
-needs no numpy support), so `load(save(params))` equals params exactly, dtype included.
+sparse leaf several times more. Values are stored as their raw bits (a -0.0 or a NaN comes back as it went in, and
+bfloat16 needs no numpy support), so `load(save(params))` equals params exactly, dtype included.
 
 >>> import os, tempfile
 >>> kernel = np.where(np.arange(12).reshape(4, 3) % 4 == 0, 1.5, 0.0).astype(np.float32)
@@ -35,6 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from sparsejax import granularity as granularity_lib, masks as masks_lib
+from sparsejax.version import __version__
 
 PyTree = Any
 FORMAT = "sparsejax.packed"
@@ -191,7 +192,6 @@ def save(path: str, params: PyTree, masks: PyTree = None, nm=None, layout: str =
     compress: zip-deflate the archive's members (`np.savez_compressed`): the bitmask of a very sparse leaf is mostly
       zero bytes, and deflate shrinks it several times (`experiments/bench_export.py`); False writes `np.savez`.
   """
-  from sparsejax import __version__  # pylint: disable=g-import-not-at-top (the package imports this module)
   nm = _parse_nm(nm)
   entries, arrays = [], {}
   for i, (keys, x, prunable) in enumerate(_leaves(params, masks)):

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from sparsejax import masks as masks_lib
+from sparsejax.version import __version__
 
 PyTree = Any
 # Flax leaf name -> PyTorch parameter or buffer name.
@@ -84,7 +85,6 @@ def to_safetensors(params: PyTree, path: str, batch_stats: PyTree = None, layout
     metadata: extra string metadata for the file's header ("format" is set to "pt" for torch, "flax" otherwise).
   """
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top (an optional dependency)
-  from sparsejax import __version__  # pylint: disable=g-import-not-at-top (the package imports this module)
   tensors = state_dict(params, batch_stats, layout)
   unsupported = sorted({str(x.dtype) for x in tensors.values()} - {"float64", "float32", "float16", "int64", "int32",
                                                                    "int16", "int8", "uint8", "bool"})
