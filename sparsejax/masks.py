@@ -26,7 +26,7 @@ def is_none(x) -> bool:
   return x is None
 
 
-def _is_variable(x) -> bool:
+def is_variable(x) -> bool:
   # Flax NNX Variables (nnx.Param, the optimizer's OptState) wrap one array; imported only if the user imported nnx.
   nnx = sys.modules.get("flax.nnx")
   return nnx is not None and isinstance(x, nnx.Variable)
@@ -40,7 +40,7 @@ def pure(tree: PyTree) -> PyTree:
   """
   if "flax.nnx" not in sys.modules:
     return tree
-  return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree, is_leaf=_is_variable)
+  return jax.tree.map(lambda x: x.get_value() if is_variable(x) else x, tree, is_leaf=is_variable)
 
 
 def path_keys(keypath) -> tuple[str, ...]:

@@ -359,13 +359,17 @@ def get_masks(opt_state, like: PyTree = None) -> PyTree:
   `opt_state` may be the state itself, any tree that holds it (`optax.chain`, `MultiSteps`, a Flax TrainState,
   `nnx.Optimizer.opt_state`), `nnx.state(optimizer)`, or the nested dicts that orbax restores without a target. The
   last two drop the None leaves: the masks then come as nested dicts of the prunable leaves only; pass
-  `like=params` to get them back in the shape of params, with None elsewhere.
+  `like=params` to get them back in the shape of params, with None elsewhere (an NNX state restored without a target,
+  whose Variables are `{"value": ...}` dicts, included).
   """
   masks = masks_lib.pure(_field(_field(_find(opt_state), "pruner"), "masks"))
   if like is None:
     return masks
-  by_path = dict(masks_lib.flatten_with_paths(masks))
   paths = [p for p, _ in masks_lib.flatten_with_paths(masks_lib.pure(like))]
+  known = set(paths)
+  # Restored without a target, an NNX state holds each Variable as a {"value": array} dict: 'l1/kernel/value'.
+  by_path = {p[:-len("/value")] if p.endswith("/value") and p not in known and p[:-len("/value")] in known else p: m
+             for p, m in masks_lib.flatten_with_paths(masks)}
   missing = sorted(set(by_path) - set(paths))
   if missing:
     raise ValueError(f"get_masks(like=...): masks at {missing} have no param of that path; param paths are {paths}")
@@ -403,13 +407,23 @@ def set_masks(opt_state, masks: PyTree):
   The next update first resets the inner optimizer's state of every weight that `masks` prunes, or grows, to what
   `tx.init` gives, as a mask update inside the step would. Apply the same masks to the params (`sj.apply_masks`)
   before that update.
+
+  `nnx.Optimizer.opt_state` holds NNX Variables, which `nnx.Optimizer.update` writes to in place: their values are
+  set in place too (`sj.set_masks(optimizer.opt_state, masks)`), and the same tree is returned.
   """
 
   def swap(x):
     if _is_sparse_state(x):
-      fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, masks, x.pruner.masks,
+      plain = masks_lib.pure(x)
+      fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, masks, plain.pruner.masks,
                            is_leaf=masks_lib.is_none)
-      return x._replace(pruner=x.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
+      new = plain._replace(pruner=plain.pruner._replace(masks=masks), fresh=fresh, pending=jnp.ones((), bool))
+      if any(masks_lib.is_variable(v) for v in jax.tree.leaves(x, is_leaf=masks_lib.is_variable)):
+        # A new tree of plain arrays would not fit nnx.Optimizer, which updates its Variables in place.
+        jax.tree.map(lambda v, a: v.set_value(a) if masks_lib.is_variable(v) else None, x, new,
+                     is_leaf=masks_lib.is_variable)
+        return x
+      return new
     return x
 
   return jax.tree.map(swap, opt_state, is_leaf=_is_sparse_state)

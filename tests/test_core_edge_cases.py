@@ -1,4 +1,5 @@
-"""What is prunable, n:m eligibility, distributions per algorithm, exact numbers and bad numbers, Flax NNX trees."""
+"""What is prunable, n:m eligibility, distributions per algorithm, exact numbers and bad numbers (Flax NNX and Equinox
+trees: tests/test_user_frameworks.py)."""
 import math
 
 import jax
@@ -111,47 +112,3 @@ def test_non_finite_numbers_are_refused(field, value):
 def test_non_finite_override_is_refused():
   with pytest.raises(ValueError, match="overrides"):
     sj.create_pruner({"algorithm": "gmp", "target": 0.5, "end_step": 10, "overrides": {"w": float("nan")}})
-
-
-nnx = pytest.importorskip("flax.nnx")
-
-
-class _Net(nnx.Module):
-  def __init__(self, rngs):
-    self.l1 = nnx.Linear(8, 16, rngs=rngs)
-    self.l2 = nnx.Linear(16, 4, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l2(jax.nn.relu(self.l1(x)))
-
-
-def test_nnx_paths_match_regexes_and_defaults():
-  state = nnx.state(_Net(nnx.Rngs(0)), nnx.Param)
-  assert sj.masks.prunable_paths(state) == ["l1/kernel", "l2/kernel"]
-  assert sj.masks.prunable_paths(state, ["kernel$"]) == ["l1/kernel", "l2/kernel"]
-  assert sj.masks.prunable_paths(state, ["^l2/kernel$"]) == ["l2/kernel"]
-
-
-@pytest.mark.parametrize("algorithm", ["gmp", "rigl"])
-def test_nnx_optimizer_trains_sparse_and_summary_works(algorithm):
-  model = _Net(nnx.Rngs(0))
-  cfg = {"algorithm": algorithm, "target": 0.75, "begin_step": 0, "end_step": 4, "update_every": 2}
-  optimizer = nnx.Optimizer(model, sj.sparsify(optax.adam(1e-2), sj.create_pruner(cfg)), wrt=nnx.Param)
-  masks = sj.get_masks(optimizer.opt_state)
-  nnx.update(model, sj.apply_masks(nnx.state(model, nnx.Param), masks))  # a sparse start (rigl) starts masked
-  x = jax.random.normal(jax.random.key(1), (32, 8))
-  y = jnp.arange(32) % 4
-
-  @nnx.jit
-  def step(model, optimizer):
-    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()  # noqa: E731
-    grads = nnx.grad(loss)(model)
-    optimizer.update(model, grads)
-
-  for _ in range(6):
-    step(model, optimizer)
-  masks = sj.get_masks(optimizer.opt_state)
-  summary = sj.summary(masks, nnx.state(model, nnx.Param))
-  assert set(summary["layers"]) == {"l1/kernel", "l2/kernel"}
-  assert summary["total"]["sparsity"] == pytest.approx(0.75)
-  assert summary["total"]["nnz"] == sj.summary(masks)["total"]["nnz"]

@@ -46,3 +46,18 @@ def test_readme_lottery_example_runs():
   ticket, control = sj.summary(masks)["layers"], sj.summary(rand)["layers"]
   assert {p: d["nnz"] for p, d in ticket.items()} == {p: d["nnz"] for p, d in control.items()}
   assert sj.summary(masks, ns["fresh"])["total"]["nnz"] == sj.summary(masks)["total"]["nnz"]  # reinit: the same masks
+
+
+@pytest.mark.slow  # 20 s of CPU alone (compiles); tests/test_user_frameworks.py runs the same calls in make test
+def test_readme_nnx_and_equinox_example_runs():
+  printed, ns = _run_block("## Flax NNX and Equinox")
+  sj = ns["sj"]
+  nnx_summary = sj.summary(sj.get_masks(ns["optimizer"].opt_state), ns["nnx"].state(ns["model"], ns["nnx"].Param))
+  eqx_summary = sj.summary(sj.get_masks(ns["opt_state"]), ns["params"])
+  assert list(nnx_summary["layers"]) == ["layers/0/kernel", "layers/2/kernel"]
+  assert list(eqx_summary["layers"]) == ["layers/0/weight", "layers/1/weight"]
+  for s in (nnx_summary, eqx_summary):
+    assert s["total"]["sparsity"] >= 0.75  # counted from the weights: RigL grows weights at 0, and one whose gradient
+  for tx_state in (ns["optimizer"].opt_state, ns["opt_state"]):  # stays 0 (a dead ReLU unit) stays 0
+    assert sj.summary(sj.get_masks(tx_state))["total"]["sparsity"] == 0.75
+  assert printed.count("total") == 2 and "layers/0/weight" in printed and "layers/2/kernel" in printed
