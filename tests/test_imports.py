@@ -165,3 +165,12 @@ def test_a_cycle_through_a_function_level_import_is_found_and_named():
       "pkg.a (line 2) -> pkg.b (line 2) -> pkg.c (line 1) -> pkg.a")
   graph["pkg.b"] = {}
   assert find_cycles(graph) == []
+
+
+def test_the_engine_finds_every_driver_by_name():
+  from sparsejax import train  # pylint: disable=g-import-not-at-top (the engine's heavier imports, only here)
+  assert set(train.DRIVERS) == {"imp", "posttrain", "init_from", "start_from"}
+  for name in train.DRIVERS:
+    assert callable(train.driver(name)), name
+  from sparsejax import lottery  # pylint: disable=g-import-not-at-top
+  assert train.driver("imp") is lottery.run_lottery
