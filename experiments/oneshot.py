@@ -248,8 +248,8 @@ def checks(model: Model, entry: dict, settings: Sequence[Setting]) -> list[str]:
 
 def plot(summary: dict, models: Sequence[Model], settings: Sequence[Setting], methods: Sequence[str],
          path: str) -> None:
-  """oneshot.png: per model, the pruned (solid) and recovered (dashed) metric of each method at each setting, dense
-  as a line."""
+  """oneshot.png: per model, the pruned (filled circles) and recovered (open squares) metric of each method at each
+  setting, dense as a line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -258,11 +258,12 @@ def plot(summary: dict, models: Sequence[Model], settings: Sequence[Setting], me
     entry = summary[model.name]
     xs = range(len(settings))
     for i, method in enumerate(methods):
-      for recovery, phase, style in (("none", "pruned", "o-"), ("sparse", "recovered", "s--")):
+      for recovery, phase, style in (("none", "pruned", "o"), ("sparse", "recovered", "s")):
         ys = [_value(entry["runs"], model, method, s.slug, recovery, phase) for s in settings]
         ys = [math.nan if y is None else (y if model.metric == "perplexity" else 100 * y) for y in ys]
-        ax.plot(xs, ys, style, color=f"C{i}", label=f"{method} ({'pruned' if recovery == 'none' else 'recovered'})",
-                alpha=1.0 if recovery == "none" else 0.6)
+        ax.plot([x + 0.12 * (i - 1) for x in xs], ys, style, color=f"C{i}", markersize=6,  # settings are categories
+                label=f"{method} ({'pruned' if recovery == 'none' else 'recovered'})",
+                alpha=1.0 if recovery == "none" else 0.5, fillstyle="full" if recovery == "none" else "none")
     dense = entry["dense"]["final"].get("test_" + model.metric)
     if dense is not None:
       ax.axhline(dense if model.metric == "perplexity" else 100 * dense, color="k", lw=1, ls=":", label="dense")

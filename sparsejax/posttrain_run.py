@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -63,11 +64,14 @@ def initial_weights(config, model, dataset, mesh) -> Initial:
   """
   src = config.init_from
   previous = report.read_json(report.as_path(src) / report.CONFIG_FILE)
-  training = config_validation.validate(previous).training
-  pruner = sj.create_pruner(previous["sparsity"])
+  source = config_validation.validate(previous)
+  source.sparsity = ml_collections.ConfigDict(previous["sparsity"])
   # The number of steps shapes only the schedule, not the state; the source's own when it counted them.
-  num_steps = training.num_steps or training.warmup_steps + 1
-  tx = sj.sparsify(optim.make_optimizer(training, num_steps), pruner)
+  num_steps = source.training.num_steps or source.training.warmup_steps + 1
+  if source.posttrain.method is not None:  # a pruned (and recovered) run: its fixed masks, its recovery optimizer
+    tx = recovery_tx(source, num_steps)
+  else:
+    tx = sj.sparsify(optim.make_optimizer(source.training, num_steps), sj.create_pruner(previous["sparsity"]))
   abstract = jax.eval_shape(functools.partial(steps.init_state, model, tx, tuple(dataset.input_shape)),
                             jax.random.PRNGKey(0))
   shardings = parallel.state_shardings(abstract, mesh, abstract.params, *train_lib._mesh_rules(config))  # pylint: disable=protected-access
@@ -255,53 +259,36 @@ def run(config, workdir: str) -> dict:
       print(report.format_results(results), flush=True)
     return results
   check_layers(setup)
-  tx = recovery_tx(setup.config, setup.num_steps)
-  setup = setup._replace(tx=tx)
+  setup = setup._replace(tx=recovery_tx(setup.config, setup.num_steps))
   record = report.read_json(report.as_path(workdir) / POSTTRAIN_FILE) if resuming_run else None
   resumed = record is not None and checkpoint.latest_step(workdir) is not None
   initial = None if resumed else initial_weights(setup.config, setup.model, setup.dataset, setup.mesh)
   report.write_config(workdir, setup.config)  # after the restore: a source that does not fit writes nothing
   training = setup.config.training
   state = train_lib.create_train_state(setup.config, setup.model, setup.dataset, jax.random.PRNGKey(setup.config.seed),
-                                       tx, setup.mesh, prune_at_init=False)
-  sharding = jax.tree.map(lambda x: x.sharding, state)
-  eval_fn = train_lib.make_eval_step(setup.model, setup.mesh, sharding)
+                                       setup.tx, setup.mesh, prune_at_init=False)
+  eval_fn = train_lib.make_eval_step(setup.model, setup.mesh, jax.tree.map(lambda x: x.sharding, state))
   manager = checkpoint.create_manager(workdir, training.keep_checkpoints, training.async_checkpoint)
   if resumed:
     start, state = checkpoint.restore_latest(manager, state)
-  else:
-    state, record = _prune(setup, eval_fn, state, initial)
+  else:  # prune, and keep the pruned model as checkpoint 0 and its numbers in posttrain.json
+    start, (state, record) = 0, _prune(setup, eval_fn, state, initial)
     record["prune_wall_seconds"] = time.time() - t0
     report.write_json(report.as_path(workdir) / POSTTRAIN_FILE, record)
     checkpoint.save(manager, 0, state)
-    start = 0
-  target = checkpoint.abstract_like(state)
+  target = checkpoint.abstract_like(state)  # before the steps donate the state's buffers
   with report.MetricsWriter(workdir, start, training.tensorboard) as writer:
     offset = writer.previous[-1]["wall_seconds"] if writer.previous else record["prune_wall_seconds"]
     started = time.time()
     clock = lambda: offset + time.time() - started  # noqa: E731
     _write_step0(writer, setup, eval_fn, state, record["pruned"], clock)
-    if start < end:
-      step_fn = train_lib.make_train_step(setup.model, tx, setup.mesh, training.label_smoothing, sharding)
-      progress = report.Progress(training.progress, start, end, desc=f"recovery ({pt.recovery})")
-      preemption = train_lib.PreemptionWatch()
-      hooks = train_lib.standard_hooks(setup, eval_fn, writer, progress, end, clock, manager, preemption=preemption)
-      try:
-        state = train_lib.train_loop(state, step_fn, setup.dataset, training.batch_size, setup.mesh, start, end,
-                                     hooks)
-      except train_lib.Diverged as e:
-        progress.close()
-        results = train_lib._diverged(setup, eval_fn, workdir, manager, target, e, clock())  # pylint: disable=protected-access
-        results.update(algorithm=f"posttrain:{pt.method}", posttrain=_entry(setup.config, record, None))
-        report.write_results(workdir, results)
-        return results
-      except train_lib.Preempted:
-        progress.close()
-        checkpoint.finish(manager, close=True)
-        raise
-      finally:
-        preemption.close()
-      progress.close()
+    try:
+      state = _recover(setup, eval_fn, state, manager, writer, clock, start, end)
+    except train_lib.Diverged as e:
+      results = train_lib._diverged(setup, eval_fn, workdir, manager, target, e, clock())  # pylint: disable=protected-access
+      results.update(algorithm=f"posttrain:{pt.method}", posttrain=_entry(setup.config, record, None))
+      report.write_results(workdir, results)
+      return results
   checkpoint.finish(manager, close=True)
   results = _results(setup, eval_fn, state, record, end, clock())
   final = results["final"]
@@ -316,6 +303,27 @@ def run(config, workdir: str) -> dict:
   if report.is_writer():
     print(report.format_results(results) + "\n" + describe(results["posttrain"]), flush=True)
   return results
+
+
+def _recover(setup: train_lib.Setup, eval_fn, state, manager, writer, clock, start: int, end: int):
+  """Steps start .. end - 1 of the recovery in the usual loop (metrics, evals, checkpoints, preemption); the final
+  state. Raises train.Diverged (nothing non-finite saved) and train.Preempted (checkpoint saved)."""
+  if start >= end:
+    return state
+  training = setup.config.training
+  step_fn = train_lib.make_train_step(setup.model, setup.tx, setup.mesh, training.label_smoothing,
+                                      jax.tree.map(lambda x: x.sharding, state))
+  progress = report.Progress(training.progress, start, end, desc=f"recovery ({setup.config.posttrain.recovery})")
+  preemption = train_lib.PreemptionWatch()
+  hooks = train_lib.standard_hooks(setup, eval_fn, writer, progress, end, clock, manager, preemption=preemption)
+  try:
+    return train_lib.train_loop(state, step_fn, setup.dataset, training.batch_size, setup.mesh, start, end, hooks)
+  except train_lib.Preempted:
+    checkpoint.finish(manager, close=True)
+    raise
+  finally:
+    progress.close()
+    preemption.close()
 
 
 def _entry(config, record: dict, recovered) -> dict:

@@ -281,3 +281,20 @@ def test_oneshot_reproduction_smoke(tmp_path, monkeypatch, capsys):
   again = reproduce.main(argv)
   assert dict(steps.TRACES) == traces
   assert again["mnist1d_mlp"]["runs"][("wanda", "s50", "sparse")] == runs[("wanda", "s50", "sparse")]
+
+
+@pytest.mark.slow
+def test_init_from_a_pruned_and_recovered_run(dense_run, tmp_path, monkeypatch):
+  """A posttrain run (bias_norm recovery: another optimizer state) is itself an init_from: magnitude to 70% from it
+  prunes every weight it had pruned (zeros are the smallest magnitudes) and 40% of the rest."""
+  _tiny(monkeypatch)
+  first = str(tmp_path / "first")
+  train.train_and_evaluate(_config(dense_run, steps_=1, recovery="bias_norm"), first)
+  config = _config(first, method="magnitude", target=0.7)
+  second = str(tmp_path / "second")
+  results = train.train_and_evaluate(config, second)
+  assert results["posttrain"]["init_step"] == 1 and results["final"]["sparsity"] == pytest.approx(0.7, abs=1e-4)
+  before = _kernels(_states(first, _config(dense_run, steps_=1, recovery="bias_norm"))[1].params)
+  after = _kernels(_states(second, config)[0].params)
+  for path, kernel in before.items():
+    assert np.all(after[path][kernel == 0] == 0), path
