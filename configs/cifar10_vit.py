@@ -13,15 +13,14 @@ number is claimed. Data: `tfds build cifar10 --file_format=array_record` once on
 `pip install -e '.[tf]'`); `--config.mesh.data_parallel=-1` splits the batch over every local device, and
 `--config.mesh.fsdp=-1 --config.mesh.model=2` shards the params by the model's rules.
 """
-from configs import default
+from configs import default, methods
 
 NUM_TRAIN, BATCH_SIZE, EPOCHS = 50_000, 128, 200
 METHODS = ("dense", "gmp", "rigl")
 
 
-def get_config(method: str = "dense"):
-  if method not in METHODS:
-    raise ValueError(f"configs/cifar10_vit.py: method {method!r} is not one of {METHODS}")
+def get_config(arg=None):
+  method = methods.parse_arg(arg, "configs/cifar10_vit.py", METHODS, method="dense").method
   config = default.get_config()
   config.model.name = "vit"
   config.model.size = "ti"

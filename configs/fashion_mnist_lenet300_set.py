@@ -1,19 +1,11 @@
-"""Fashion-MNIST LeNet-300-100 pruned to 90% with SET (Mocanu et al. 2018).
+"""Alias of `configs/fashion_mnist_lenet300.py:method=set`, whose docstring says what it runs and what to expect.
 
-Sparse from step 0 with a random ERK mask (for an MLP, the Erdos-Renyi split of the paper); every 100 steps until 75%
-of training each layer drops the 30% (cosine-decayed) of its kept weights with the smallest magnitude and regrows as
-many at random; a fixed mask for the last quarter. The schedule is RigL's (as the RigL paper runs SET), not one update
-per epoch. Training as configs/fashion_mnist_lenet300_dense.py (Adam 1.2e-3, batch 60, 10000 steps; needs the IDX
-files in /usr/share/datasets/fashion-mnist). Schedules and papers: configs/methods.py.
-
-  python -m experiments.train --config=configs/fashion_mnist_lenet300_set.py --workdir=runs/fashion_mnist_lenet300_set
-
-Expected (measured, seed 0, 2 CPU cores shared with other jobs): step 10000, test accuracy 0.885, test loss 0.34,
-sparsity 0.9000 (26620/266200 weights kept; dense_0 / dense_1 / head: 0.920 / 0.770 / 0.000); 46 s of training, 68 s
-in all.
+Kept so that scripts and `sparsejax-train --config=fashion_mnist_lenet300_set` keep working; the same run:
+  python -m experiments.train --config=configs/fashion_mnist_lenet300.py:method=set \\
+      --workdir=runs/fashion_mnist_lenet300_set
 """
-from configs import fashion_mnist_lenet300_dense, methods
+from configs import fashion_mnist_lenet300
 
 
 def get_config():
-  return methods.set_method(fashion_mnist_lenet300_dense.get_config(), "set", target=0.9)
+  return fashion_mnist_lenet300.get_config("method=set")

@@ -1,4 +1,8 @@
-"""The sparsity section of each pruning method, shared by configs/<family>_<method>.py and the method comparison.
+"""The sparsity section of each pruning method, and the config-string arguments of the configs that take a method.
+
+`parse_arg(arg, where, methods, **defaults)` reads big_vision's config argument: the text after the colon in
+`--config=configs/mnist1d_mlp.py:method=rigl,target=0.95` (comma-separated key=value; a bare first token is the
+method, so `configs/text_gpt.py:rigl` still works).
 
 `set_method(config, method, target)` writes `config.sparsity` for one method on top of a dense config. Steps are
 references to `config.training.num_steps`, so `--config.training.num_steps=N` keeps the proportions:
@@ -18,7 +22,85 @@ references to `config.training.num_steps`, so `--config.training.num_steps=N` ke
 - movement (Sanh et al. 2020): hard movement pruning, cubic schedule from 10% to 75% of training every 100 steps,
   uniform per layer (as the GMP configs).
 """
+import difflib
+from typing import Optional
+
+import ml_collections
+
 METHODS = ("set", "rigl", "granet", "snip", "grasp", "synflow", "random", "movement")
+
+
+def _value(text: str):
+  """A config-string value as int, float, bool or str (the first that parses)."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def _accepted(key: str, default, methods) -> str:
+  if key == "method":
+    return f"one of {', '.join(methods)}"
+  if key == "target":
+    return "a number in [0, 1)"
+  return f"a {type(default).__name__}"
+
+
+def parse_arg(arg: Optional[str], where: str, methods, **defaults) -> ml_collections.ConfigDict:
+  """The arguments of `--config=<where>:<arg>`: `defaults` updated from `arg`, checked; a ValueError names the key.
+
+  Args:
+    arg: 'method=rigl,target=0.95' (or 'rigl,target=0.95'); None or '': every default.
+    where: the config file, for the messages ('configs/mnist1d_mlp.py').
+    methods: the accepted values of `method`.
+    **defaults: every accepted key with its default (`method` among them); a value must have the default's type
+      (an int is accepted for a float).
+
+  Returns:
+    A ConfigDict of every key, plus `given`: the keys that `arg` set (sorted).
+
+  >>> args = parse_arg("rigl,target=0.95", "configs/x.py", ("dense", "rigl"), method="dense", target=0.9)
+  >>> args.method, args.target, args.given
+  ('rigl', 0.95, ('method', 'target'))
+  """
+  args = dict(defaults)
+  given = set()
+  for i, token in enumerate(t.strip() for t in (arg or "").split(",")):
+    if not token:
+      continue
+    key, eq, text = token.partition("=")
+    key = key.strip()
+    if not eq:
+      if i > 0 or "method" not in defaults:
+        raise ValueError(f"{where}: argument {token!r} is not key=value; accepted keys: {', '.join(defaults)}")
+      key, text = "method", token
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults), n=2)
+      hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+      raise ValueError(f"{where}: unknown argument {key!r}{hint}; accepted keys: {', '.join(defaults)}")
+    value, default = _value(text.strip()), defaults[key]
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    ok = type(value) is type(default) or default is None  # pylint: disable=unidiomatic-typecheck (bool is an int)
+    if key == "method":
+      ok = value in methods
+    elif key == "target":
+      ok = ok and 0.0 <= value < 1.0
+    if not ok:
+      raise ValueError(f"{where}: argument {key}: got {text!r}; accepted values: {_accepted(key, default, methods)}")
+    args[key] = value
+    given.add(key)
+  if "target" in given and args["method"] in ("dense", "imp"):
+    raise ValueError(f"{where}: argument target: does not apply to method {args['method']!r} (imp's sparsity is set "
+                     "by its levels and prune_fraction); accepted with: "
+                     f"{', '.join(m for m in methods if m not in ('dense', 'imp'))}")
+  config = ml_collections.ConfigDict(args)
+  config.given = tuple(sorted(given))
+  return config
 
 
 def set_method(config, method: str, target: float = 0.9):

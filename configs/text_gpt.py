@@ -1,6 +1,7 @@
 """A byte-level GPT on the Python documentation (`pydocs`), dense or pruned: one config, the method by name.
 
   python -m experiments.train --config=configs/text_gpt.py:METHOD --workdir=runs/text_gpt_METHOD
+  (METHOD, or method=METHOD: the form of the other configs)
 
 METHOD (default dense):
   dense   no pruning;
@@ -22,14 +23,13 @@ each method reached on a 2-core CPU and the command that measured it.
 """
 from ml_collections import config_dict
 
-from configs import default
+from configs import default, methods
 
 METHODS = ("dense", "gmp", "rigl", "nm24", "heads")
 
 
-def get_config(method: str = "dense"):
-  if method not in METHODS:
-    raise ValueError(f"configs/text_gpt.py: method {method!r} is not one of {METHODS}")
+def get_config(arg=None):
+  method = methods.parse_arg(arg, "configs/text_gpt.py", METHODS, method="dense").method
   config = default.get_config()
   config.model.name = "gpt"
   config.model.size = "nano"       # nano | micro | mini | small (sparsejax.models.transformer.GPT_SIZES)

@@ -7,7 +7,8 @@ From a pip install (`pip install 'sparsejax[engine]'`), the shipped configs by n
   sparsejax-train --config=mnist1d_mlp_gmp --workdir=runs/mnist1d_mlp_gmp   (or python -m sparsejax.launch ...)
 
 --config takes a config file's path, or the name of a shipped config (`sparsejax.configs`, the repository's
-configs/ directory) with or without `.py`. Running again with the same workdir resumes from its latest checkpoint; a
+configs/ directory) with or without `.py`, then optionally `:ARGS`, the config's argument in big_vision's form
+(`--config=configs/mnist1d_mlp.py:method=rigl,target=0.95`; each config's docstring lists its keys). Running again with the same workdir resumes from its latest checkpoint; a
 finished run prints its results.
 
 Exit status: 0 when the run finished (or was already finished); 2 for a bad input (a config field, a config file, a
@@ -32,10 +33,11 @@ def _config_fields(argv: Sequence[str]) -> list[str]:
     return []
   try:
     import importlib.util  # pylint: disable=g-import-not-at-top
-    spec = importlib.util.spec_from_file_location("_sparsejax_config_hint", path.split(":", 1)[0])
+    path, colon, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("_sparsejax_config_hint", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config(arg) if colon else module.get_config()
   except Exception:  # pylint: disable=broad-except (only for a hint)
     return []
   out = []
