@@ -267,8 +267,9 @@ def test_seed_changes_random_masks():
     ([S + "target=nan"], "config.sparsity.target"),
     ([S + "targte=0.5"], "did you mean config.sparsity.target"),
     (["--config=configs/none.py"], "No such file"),
-    (["--config=configs/text_gpt.py:bogus"], "method 'bogus' is not one of ('dense', 'gmp', 'rigl', 'nm24', 'heads')"),
-], ids=["nan", "misspelled", "missing_file", "config_argument"])
+    (["--config=configs/text_gpt.py:bogus"], "argument method: got 'bogus'; accepted values: one of dense, gmp, rigl, nm24, heads"),
+    (["--config=configs/mnist1d_mlp.py:method=rigl,tagret=0.5"], "unknown argument 'tagret' (did you mean target?)"),
+], ids=["nan", "misspelled", "missing_file", "config_argument", "config_argument_key"])
 def test_subprocess_exit_status_and_no_traceback(flags, want, tmp_path):
   workdir = tmp_path / "run"
   argv = [sys.executable, "-m", "experiments.train", f"--config={BASE}", f"--workdir={workdir}", *flags]
