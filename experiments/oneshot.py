@@ -319,7 +319,11 @@ def oneshot(workdir: str, recovery_steps_gpt: int = RECOVERY_STEPS["gpt"],
          "- (c) OWL's layer sparsities beat uniform at 70% for Wanda.", ""]
   for model in chosen:
     entry = summary[model.name]
-    doc += [f"## {model.title}", "", f"Dense: `{entry['dense_dir']}`; recovery: {steps[model.name]} steps; "
+    own = sum(r["wall_seconds"] for r in entry["runs"].values() if "na" not in r)
+    if entry["dense_dir"].startswith(os.path.join(workdir, "")):
+      own += entry["dense"]["wall_seconds"]
+    doc += [f"## {model.title}", "", f"Dense: `{entry['dense_dir']}`; recovery: {steps[model.name]} steps; the runs' "
+            f"own wall time (results.json; a dense run reused from elsewhere not counted): {own:.0f} s; "
             f"{entry['seconds']:.0f} s in this invocation.", "",
             table(model, entry, picked, methods), "", *checks(model, entry, picked), ""]
     nas = sorted({r["na"] for r in entry["runs"].values() if "na" in r})
