@@ -349,6 +349,8 @@ def sparsegpt(w: jax.Array, h: jax.Array, sparsity: float = 0.5, nm: Optional[tu
   pruned (SparseGPT's adaptive mask selection); n:m: every m columns, each output's m - n of least w^2 / U_jj^2.
   """
   rows, cols = w.shape
+  if nm is not None and cols % nm[1]:
+    raise ValueError(f"n:m: {cols} inputs are not divisible into groups of {nm[1]}")
   h, dead = damped_hessian(h.astype(jnp.float32), damp)
   w = jnp.where(dead[None, :], 0.0, w.astype(jnp.float32))
   b = block_size
@@ -460,6 +462,11 @@ def _unscan(model: nn.Module, params: PyTree):
   return model.clone(scan=False), flat, restack
 
 
+def _block_names(params) -> list[str]:
+  """block_0, block_1, ... of an unscanned twin's params, in order."""
+  return sorted((k for k in params if k.startswith("block_") and k[6:].isdigit()), key=lambda k: int(k[6:]))
+
+
 def _get(tree, path: str):
   for part in path.split("/"):
     tree = tree[part]
@@ -518,8 +525,18 @@ def prune(model: nn.Module, params: PyTree, batches: Iterable, *, method: str = 
   apply_kwargs = dict(apply_kwargs or {})
   batches = list(batches)
   params = jax.tree.map(jnp.asarray, masks_lib.pure(params))
-  model, params, restack = _unscan(model, _as_dict(params))
-  paths = masks_lib.prunable_paths(params, prunable)
+  params = _as_dict(params)
+  scanned = getattr(model, "scan", False) and "blocks" in params
+  # `prunable` regexes (and the default rule) see the paths the user sees: `blocks/...` of a scanned model, each
+  # slice of a stacked leaf one layer; they are then renamed to the unscanned twin's `block_{i}/...`.
+  user_paths = masks_lib.prunable_paths(params, prunable, stacked=(r"^blocks/",) if scanned else None)
+  model, params, restack = _unscan(model, params)
+  paths = []
+  for p in user_paths:
+    if scanned and p.startswith("blocks/"):
+      paths += [f"{b}/{p[len('blocks/'):]}" for b in _block_names(params)]
+    else:
+      paths.append(p)
   needs_data = method != "magnitude" or distribution == "owl"
   if needs_data and not batches:
     raise ValueError(f"batches: method {method!r} with distribution {distribution!r} needs calibration batches; got "
@@ -543,6 +560,13 @@ def prune(model: nn.Module, params: PyTree, batches: Iterable, *, method: str = 
     layer_info = {p: Layer(p, granularity_lib.input_axis("flax", p, _get(params, p).shape) + 1) for p in paths}
     groups = [[layer_info[p]] for p in paths]
 
+  if nm is not None:
+    for p in paths:
+      d_in = int(np.prod(_get(params, p).shape[:layer_info[p].n_in]))
+      if d_in % nm[1]:
+        raise ValueError(f"granularity: got '{granularity}', but {p} has {d_in} inputs, which do not divide into "
+                         f"groups of {nm[1]}; accepted values: 'unstructured' or an N:M whose M divides the inputs of "
+                         "every prunable layer (or leave that layer out with `prunable`)")
   sparsities = {p: target for p in paths}
   if distribution == "owl":
     stats = collect(inputs, params, batches, groups, "wanda")

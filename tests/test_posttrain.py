@@ -318,3 +318,25 @@ def test_sparsegpt_lazy_blocks_equal_the_column_by_column_algorithm(nm):
   # through a Cholesky inverse of a matrix with condition number ~1e3, so relative 1e-3.
   got_w, _ = posttrain.sparsegpt(jnp.asarray(w), jnp.asarray(h), block_size=16, prune=jnp.asarray(~ref_keep))
   np.testing.assert_allclose(np.asarray(got_w), ref_w, rtol=1e-3, atol=1e-3 * np.abs(ref_w).max())
+
+
+def test_nm_refuses_a_layer_whose_inputs_do_not_divide_into_groups():
+  model = mlp.mlp(10, widths=(30,))  # the head has 30 inputs: not groups of 4
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
+  for method in METHODS:
+    with pytest.raises(ValueError, match="head/kernel has 30 inputs, which do not divide into groups of 4"):
+      sj.posttrain.prune(model, params, [jnp.ones((8, 16))], method=method, granularity="2:4", target=None)
+  out = sj.posttrain.prune(model, params, [jnp.ones((8, 16))], method="sparsegpt", granularity="2:4", target=None,
+                           prunable=["dense_0/kernel"])
+  assert out.masks["head"]["kernel"] is None and out.summary["total"]["sparsity"] == 0.5
+
+
+def test_prunable_regexes_see_the_scanned_paths():
+  model = transformer.gpt(257, size="nano", context=8, scan=True)
+  tokens = [jax.random.randint(jax.random.key(1), (2, 8), 0, 257)]
+  params = model.init(jax.random.key(0), tokens[0])["params"]
+  out = sj.posttrain.prune(model, params, tokens, method="wanda", target=0.5, prunable=[r"^blocks/mlp/fc1/kernel"])
+  assert sorted(out.layers) == [f"block_{i}/mlp/fc1/kernel" for i in range(4)]
+  assert out.masks["blocks"]["mlp"]["fc1"]["kernel"].shape == (4, 128, 512)
+  assert out.masks["blocks"]["attn"]["query"]["kernel"] is None
+  assert out.summary["total"]["sparsity"] == 0.5
