@@ -39,7 +39,7 @@ setuptools.setup(
     extras_require={
         "engine": ENGINE_REQUIRES,
         "test": ["pytest>=7", "pytest-xdist>=3", "chex>=0.1.86", "hypothesis>=6", "equinox>=0.11", "safetensors>=0.4",
-                 "tensorboardX>=2.6"],
+                 "tensorboardX>=2.6", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],  # the last 3: notebooks
         "tf": ["tensorflow-cpu>=2.16"],
         # config.training.tensorboard: event files beside metrics.jsonl. tensorboardX needs only numpy and protobuf;
         # clu.metric_writers imports TensorFlow (sparsejax/tensorboard_events.py).
