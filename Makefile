@@ -19,7 +19,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VPY) -m experiments.quickstart --workdir=runs/quickstart
 
-# The suite without the end-to-end runs marked slow (18 minutes on 2 cores at the last measure); CI runs both.
+# The suite without the end-to-end runs marked slow (see README for the last measure); CI runs both.
 test: $(VENV)/.installed-test
 	$(VPY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 

@@ -85,6 +85,7 @@ def _tiny_lottery_config(levels=2, rewind="step", control="both", steps=24):
   return config
 
 
+@pytest.mark.slow
 def test_rewind_and_controls_differ_only_as_intended(tmp_path):
   setup = train_lib.build(_tiny_lottery_config())
   lot = lottery.Lottery(setup, str(tmp_path))
@@ -117,6 +118,7 @@ def test_rewind_and_controls_differ_only_as_intended(tmp_path):
   np.testing.assert_array_equal(np.asarray(rand.rng), np.asarray(snap.rng))
 
 
+@pytest.mark.slow
 def test_all_levels_one_compile_and_resume_inside_a_level(tmp_path, monkeypatch):
   config = _tiny_lottery_config(levels=2, rewind="step", control="random_mask")
   before = steps.TRACES["train_step"]
@@ -157,7 +159,8 @@ def test_all_levels_one_compile_and_resume_inside_a_level(tmp_path, monkeypatch)
                                                         (2, "ticket"), (2, "random_mask")}
 
 
-@pytest.mark.parametrize("rewind", ["init", "lr", "finetune"])
+@pytest.mark.parametrize("rewind", ["init", pytest.param("lr", marks=pytest.mark.slow),
+                                    pytest.param("finetune", marks=pytest.mark.slow)])
 def test_other_rewinds_run(tmp_path, rewind):
   config = _tiny_lottery_config(levels=1, rewind=rewind, control="none", steps=12)
   results = lottery.run_lottery(config, str(tmp_path))
@@ -190,7 +193,7 @@ def test_more_levels_extend_a_finished_run(tmp_path):
     lottery.run_lottery(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("control", ["random_reinit", "random_mask"])
+@pytest.mark.parametrize("control", ["random_reinit", pytest.param("random_mask", marks=pytest.mark.slow)])
 def test_finetune_with_a_control_runs(tmp_path, control):
   """Fine-tuning starts the ticket and the control from the same previous level; neither may take the other's
   (donated) buffers ("Buffer has been deleted or donated" before)."""

@@ -56,7 +56,10 @@ def method_config(method, steps_=8, target=0.5):
   return config
 
 
-@pytest.mark.parametrize("method", METHODS)
+# gmp, rigl and the dense baseline in make test; the other methods' end-to-end runs in make test-slow (their pruners
+# are covered in make test by test_optax_matrix, test_properties, test_dst and test_pai).
+@pytest.mark.parametrize("method", [m if m in ("dense", "gmp", "rigl") else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in METHODS])
 def test_method_trains_end_to_end_to_its_target(method, tiny_data, final_state, tmp_path):
   target = 0.5
   results = train.train_and_evaluate(method_config(method, 8, target), str(tmp_path))
@@ -114,6 +117,7 @@ def test_unknown_method_is_refused():
     methods_lib.set_method(config, "lth")
 
 
+@pytest.mark.slow
 def test_method_config_through_the_launcher(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "experiments.train", "--config=configs/mnist1d_mlp_rigl.py", f"--workdir={workdir}",

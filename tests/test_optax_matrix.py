@@ -113,7 +113,8 @@ EVOLVING = ("rmsprop", "adafactor", "lbfgs")
 
 
 @pytest.mark.parametrize("algorithm", sorted(PRUNERS))
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "lbfgs" else n
+                                  for n in sorted(OPTIMIZERS)])
 def test_optimizer_matrix(name, algorithm):
   """At every real update the inner optimizer must see its own state with the weights not kept at this step, and the
   weights grown at the previous step (their first real update), set to exactly tx.init's values, and the gradients
@@ -281,7 +282,8 @@ def test_lookahead_inside_sparsify_is_refused():
     tx.init(optax.LookaheadParams.init_synced(params))
 
 
-@pytest.mark.parametrize("algorithm", ["random", "set", "rigl", "granet"])
+@pytest.mark.parametrize("algorithm", ["random", pytest.param("set", marks=pytest.mark.slow), "rigl",
+                                       pytest.param("granet", marks=pytest.mark.slow)])
 def test_a_sparse_start_is_masked_before_the_first_step(algorithm):
   params, loss = _problem()
   cfg = {"algorithm": algorithm, "target": 0.8, "end_step": 10, "update_every": 2}

@@ -218,7 +218,8 @@ def _check_summary(masks, params, layers):
     assert t["sparsity"] == pytest.approx(1 - total_nnz / total_size, abs=1e-12)
 
 
-@pytest.mark.parametrize("algorithm,distribution,granularity", CONFIGS)
+@pytest.mark.parametrize("algorithm,distribution,granularity",
+                         [pytest.param(*c, marks=pytest.mark.slow) if c[2] == "channel" else c for c in CONFIGS])
 @settings(max_examples=4, **NO_SHRINK)
 @given(data=st.data(), params=param_trees(), seed=st.integers(0, 2**16),
        grad_mode=st.sampled_from(["normal", "sparse", "zeros"]))

@@ -89,7 +89,8 @@ def test_without_the_stacked_field_a_scanned_leaf_is_one_layer():
   np.testing.assert_array_equal(np.asarray(m).sum(axis=(1, 2)), [round(0.2 * D * 4 * D)] * DEPTH)
 
 
-@pytest.mark.parametrize("algorithm", ["gmp", "rigl", "set", "granet", "movement"])
+@pytest.mark.parametrize("algorithm", ["gmp", "rigl"] + [pytest.param(a, marks=pytest.mark.slow)
+                                                          for a in ("set", "granet", "movement")])
 def test_sparsify_trains_a_stacked_model_and_keeps_pruned_weights_zero(algorithm):
   _, stacked = _twins()
   cfg = {"algorithm": algorithm, "target": 0.75, "begin_step": 0, "end_step": 4, "update_every": 2,
