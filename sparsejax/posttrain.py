@@ -42,7 +42,7 @@ A model stacked with `nn.scan` (the zoo's transformers with `scan=True`) is prun
 >>> model = mlp.mlp(10, widths=(32,))
 >>> params = model.init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
 >>> batches = [jax.random.normal(jax.random.key(1), (64, 16))]
->>> out = sj.posttrain.prune(model, params, batches, method="sparsegpt", target=0.5)
+>>> out = sj.posttrain.prune(model, params, batches, method="wanda", target=0.5)
 >>> out.summary["total"]["sparsity"]
 0.5
 """

@@ -39,7 +39,7 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("data_parallel", [1, 8])
+@pytest.mark.parametrize("data_parallel", [pytest.param(1, marks=pytest.mark.slow), 8])
 def test_round_trip_keeps_values_masks_and_shardings(tmp_path, data_parallel):
   if jax.device_count() < data_parallel:
     pytest.skip("needs 8 host devices")

@@ -135,7 +135,7 @@ def _kernels(tree):
   return [np.asarray(tree["dense_0"]["kernel"]), np.asarray(tree["head"]["kernel"])]
 
 
-@pytest.mark.parametrize("algorithm", ["set", "rigl"])
+@pytest.mark.parametrize("algorithm", [pytest.param("set", marks=pytest.mark.slow), "rigl"])
 def test_dst_counts_exact_grown_weights_and_adam_moments_zero(algorithm):
   cfg = {"algorithm": algorithm, "target": 0.75, "end_step": 12, "update_every": 3, "drop_fraction": 0.5,
          "init_distribution": "uniform"}
@@ -189,6 +189,7 @@ def test_granet_follows_cubic_schedule_and_regrows(initial, s_i):
   assert seen["regrown_after_end"] > 0  # regeneration continues until regrow_end_step
 
 
+@pytest.mark.slow
 def test_rigl_block_granularity_keeps_whole_blocks():
   cfg = {"algorithm": "rigl", "target": 0.5, "end_step": 9, "update_every": 3, "granularity": "block:4x4",
          "init_distribution": "uniform", "prunable": ["kernel"]}

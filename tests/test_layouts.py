@@ -20,6 +20,7 @@ def _weights(*shapes):
   return {f"l{i}": {"weight": jax.random.normal(jax.random.key(i), s)} for i, s in enumerate(shapes)}
 
 
+@pytest.mark.slow
 def test_torch_channel_prunes_whole_output_rows_like_flax_on_the_transpose():
   torch_params = _weights((8, 12), (6, 4, 3, 3))  # Linear (out, in), Conv (out, in, kh, kw)
   flax_params = {"l0": {"weight": torch_params["l0"]["weight"].T},

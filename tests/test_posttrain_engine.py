@@ -126,6 +126,7 @@ def test_killed_recovery_resumes_to_the_same_state(dense_run, tmp_path, monkeypa
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_bias_norm_recovery_trains_only_biases(dense_run, tmp_path, monkeypatch):
   _tiny(monkeypatch)
   workdir = str(tmp_path / "perp")

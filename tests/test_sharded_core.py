@@ -114,7 +114,7 @@ def _train(cfg, mesh, steps=3):
 
 
 # `make test` runs gmp, rigl and channel under both kinds of mesh; the other algorithms run in `make test-slow`.
-_FAST = {"gmp", "rigl", "channel"}
+_FAST = {"gmp", "rigl"}
 _CASES = [pytest.param(n, k, marks=() if n in _FAST else pytest.mark.slow, id=f"{n}-{k}")
           for n in sorted(ALGORITHMS) for k in ("auto", "explicit")]
 

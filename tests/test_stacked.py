@@ -42,8 +42,8 @@ CASES = [
 ]
 
 
-# Every case under the packed selection in `make test`; under per_layer, two there and the rest in `make test-slow`.
-_PER_LAYER_FAST = (3, 6)  # global with a floor, channel
+# Every case under the packed selection in `make test`; under per_layer, one there and the rest in `make test-slow`.
+_PER_LAYER_FAST = (6,)  # channel
 _CASES = [pytest.param(c, sel, marks=() if sel == "packed" or i in _PER_LAYER_FAST else pytest.mark.slow,
                        id="-".join(f"{v}" for v in c.values()) + f"-{sel}")
           for sel in ("packed", "per_layer") for i, c in enumerate(CASES)]

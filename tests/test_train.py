@@ -75,7 +75,8 @@ def test_mlp_run_compiles_once_then_is_not_redone(tiny_data, tmp_path, capsys):
     train.train_and_evaluate(tiny_config(learning_rate=0.5), str(tmp_path))
 
 
-@pytest.mark.parametrize("model", ["lenet5", pytest.param("resnet20", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", [pytest.param("lenet5", marks=pytest.mark.slow),
+                                   pytest.param("resnet20", marks=pytest.mark.slow)])
 def test_conv_models_end_to_end(model, tiny_data, tmp_path):
   tiny_data.shape = INPUT_SHAPES[model]
   results = train.train_and_evaluate(tiny_config(model), str(tmp_path))
