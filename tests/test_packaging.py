@@ -98,5 +98,6 @@ def test_a_pip_installed_user_launches_a_shipped_config_by_name(tmp_path):
   assert where.stdout.startswith(str(target))  # the installed copy ran, not the checkout
   bad = subprocess.run([sys.executable, "-m", "sparsejax.launch", "--config=no_such_config", f"--workdir={workdir}2"],
                        cwd=str(elsewhere), env=env, capture_output=True, text=True, timeout=600)
-  assert bad.returncode == 2 and "shipped configs: cifar10_conv2_lth" in bad.stderr and "Traceback" not in bad.stderr
+  assert bad.returncode == 2 and "shipped configs: cifar10_conv2," in bad.stderr and "Traceback" not in bad.stderr
+  assert "mnist1d_mlp," in bad.stderr and "cifar10_conv2_lth" in bad.stderr  # family configs and the old aliases
   assert not os.path.exists(f"{workdir}2")
