@@ -46,11 +46,12 @@ _RESUMABLE_DIFFERENCES = ("training.progress", "training.log_every", "training.e
 _ADDED_LATER = {"init_from": None, **{f"posttrain.{k}": v for k, v in config_validation.POSTTRAIN_DEFAULTS.items()}}
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a.b": leaf} of a nested dict (a config as config.json holds it)."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
+      out.update(flatten(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -133,7 +134,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
   if previous is None:
     raise ValueError(f"--workdir {workdir} is not empty and holds no {CONFIG_FILE} of an earlier run; choose an "
                      "empty or new directory")
-  old, new = _flatten(previous), _flatten(config_to_dict(config))
+  old, new = flatten(previous), flatten(config_to_dict(config))
   changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_DIFFERENCES
                    and not (k not in old and k in _ADDED_LATER and new.get(k) == _ADDED_LATER[k]))
   if changed:

@@ -156,8 +156,8 @@ def check_init_from(config, workdir: Optional[Any] = None) -> None:
   if not isinstance(previous, dict) or not isinstance(previous.get("model"), dict):
     raise ConfigError(f"config.init_from: got {src!r}, which holds no {report.CONFIG_FILE} of a sparsejax run; "
                       f"{accepted}")
-  old = _flat(previous["model"])
-  new = _flat(report.config_to_dict(config.model))
+  old = report.flatten(previous["model"])
+  new = report.flatten(report.config_to_dict(config.model))
   differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
   if differ:
     k = differ[0]
@@ -167,16 +167,6 @@ def check_init_from(config, workdir: Optional[Any] = None) -> None:
   from sparsejax import checkpoint  # pylint: disable=g-import-not-at-top (orbax)
   if checkpoint.latest_step(src) is None:
     raise ConfigError(f"config.init_from: got {src!r}, which holds no checkpoint (checkpoints/<step>); {accepted}")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _across_sections(config, cfg: dict) -> None:
