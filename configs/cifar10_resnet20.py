@@ -73,8 +73,5 @@ def get_config(arg=None):
   training.checkpoint_every = 5000
   config.sparsity.algorithm = "dense"
   if args.method == "gmp":
-    num_steps = training.get_ref("num_steps")
-    s = config.sparsity
-    s.algorithm, s.target, s.distribution = "gmp", args.target, "erk"
-    s.begin_step, s.end_step, s.update_every = num_steps // 20, num_steps * 3 // 4, 500
+    methods.set_gmp(config, args.target, "erk", begin_fraction=0.05, update_every=500)
   return config

@@ -103,6 +103,16 @@ def parse_arg(arg: Optional[str], where: str, methods, **defaults) -> ml_collect
   return config
 
 
+def set_gmp(config, target: float, distribution: str, begin_fraction: float, update_every: int):
+  """Gradual magnitude pruning (Zhu & Gupta 2017) to `target`, from begin_fraction of training to three quarters of
+  it, following `config.training.num_steps` (a reference: overriding the step count moves the schedule)."""
+  num_steps = config.training.get_ref("num_steps")
+  s = config.sparsity
+  s.algorithm, s.target, s.distribution = "gmp", target, distribution
+  s.begin_step, s.end_step, s.update_every = num_steps // round(1 / begin_fraction), num_steps * 3 // 4, update_every
+  return config
+
+
 def set_method(config, method: str, target: float = 0.9):
   """Sets `config.sparsity` to `method` at `target` sparsity (see the module docstring); returns `config`."""
   if method not in METHODS:

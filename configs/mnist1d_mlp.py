@@ -58,10 +58,7 @@ def get_config(arg=None):
   training.eval_every = 500
   config.sparsity.algorithm = "dense"
   if args.method == "gmp":
-    num_steps = training.get_ref("num_steps")
-    s = config.sparsity
-    s.algorithm, s.target, s.distribution = "gmp", args.target, "uniform"
-    s.begin_step, s.end_step, s.update_every = num_steps // 10, num_steps * 3 // 4, 100
+    methods.set_gmp(config, args.target, "uniform", begin_fraction=0.1, update_every=100)
   elif args.method == "imp":
     config.model.kernel_init = "torch"
     training.learning_rate = 2e-2
