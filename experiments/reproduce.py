@@ -17,12 +17,18 @@ oneshot: post-training pruning (magnitude, Wanda, SparseGPT; 50/60/70% unstructu
 without a short recovery) of the dense GPT on pydocs, LeNet-300-100 on Fashion-MNIST and the MNIST-1D MLP, one
 resumable run per setting, then <workdir>/report.md (tables beside Wanda's published LLaMA-2-7B numbers, the
 published ordering checked) and <workdir>/oneshot.png (see experiments/oneshot.py).
+
+all, and each study by name (gradual_vs_oneshot, sparse_vs_dense, ...): the reproductions of record, ten claims of
+the pruning papers each given a verdict, written to <workdir>/REPRODUCTIONS.md (see experiments/studies/__init__.py):
+  python -m experiments.reproduce all --workdir=runs/studies [--scale tiny|default|full] [--full] [--seeds 0,1,2]
+      [--docs docs]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -30,6 +36,7 @@ from configs import mnist1d_mlp_lth
 from experiments import compare_methods as compare_methods_lib
 from experiments import oneshot as oneshot_lib
 from experiments import published
+from experiments import studies
 from sparsejax import lottery
 
 
@@ -133,8 +140,18 @@ def _plot_seeds(workdir, runs):
   plt.close(fig)
 
 
+def _studies(names):
+  def run(workdir, seeds, args):
+    ctx = studies.Context(workdir, "full" if args.full else args.scale, tuple(seeds or (0, 1, 2)))
+    command = "python -m experiments.reproduce " + " ".join(args.argv)
+    return studies.reproduce(names, ctx, command, docs=args.docs)
+  return run
+
+
 # Each takes (workdir, seeds) and the options of its own from the command line, by name.
 EXPERIMENTS = {
+    "all": _studies(studies.STUDIES),
+    **{name: _studies((name,)) for name in studies.STUDIES},
     "lth_mnist1d": lambda workdir, seeds, args: lth_mnist1d(workdir, seeds, args.levels),
     "compare_methods": lambda workdir, seeds, args: compare_methods_lib.compare_methods(workdir, seeds,
                                                                                         num_steps=args.num_steps),
@@ -152,7 +169,12 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--seeds", default=None, help="default 0,1; the studies (all, ...): 0,1,2")
+  parser.add_argument("--scale", default="default", choices=studies.SCALES,
+                      help="the studies: tiny (the test's, seconds), default (the committed report), full")
+  parser.add_argument("--full", action="store_true", help="the studies: --scale=full")
+  parser.add_argument("--docs", default=None,
+                      help="the studies: also write DOCS/REPRODUCTIONS.md and DOCS/reproductions/*.png")
   parser.add_argument("--levels", type=int, default=15,
                       help="lth_mnist1d: IMP levels; 15 keep 0.8^15 = 3.5%% of the weights (0.965 sparsity)")
   parser.add_argument("--num_steps", type=int, default=None,
@@ -170,7 +192,13 @@ def main(argv=None):
   parser.add_argument("--dense_steps", type=int, default=None,
                       help="oneshot: train the dense models for this many steps instead of their configs' (smoke)")
   args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",")]
+  args.argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+  except ValueError:
+    parser.error(f"--seeds: got {args.seeds!r}; accepted values: comma-separated integers such as 0,1,2")
+  if args.experiment not in ("all",) + studies.STUDIES:
+    seeds = seeds or [0, 1]
   return EXPERIMENTS[args.experiment](args.workdir, seeds, args)
 
 
