@@ -8,7 +8,8 @@ XLA_FLAGS when this process starts), under three meshes built by `sparsejax.para
   fsdp        every param of 2**14 entries or more split over `fsdp` (largest divisible dimension), batch split;
   fsdp+model  fsdp over n/2 devices and a `model` axis of 2: hidden kernels split (fsdp, model) by rules, batch over fsdp.
 For each: the median step time of `sparsify(adam, gmp 90%)` between mask updates ("steady") and at a mask update
-("update"), each divided by the plain Adam step on the same mesh (target for steady: <= 1.10); the bytes that device 0
+("update"), each divided by the plain Adam step on the same mesh (target for steady: <= 1.10); the three steps run
+in turn, `--steps` times, so that a load that drifts slows them alike; the bytes that device 0
 holds for params + optimizer state (masks and moments included), and that as a fraction of the whole state (target
 under fsdp: 1/devices); and the collectives of the compiled sparsify update (what XLA inserted: op, largest element count).
 The state is initialised directly sharded (`parallel.state_shardings` as out_shardings), as the engine does.
@@ -28,7 +29,7 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--widths", default="4096,4096,1024")
   ap.add_argument("--devices", default="1,2,4,8")
-  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=9)
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--meshes", default="data,fsdp,fsdp+model")
   args = ap.parse_args(argv)
@@ -67,7 +68,8 @@ def main(argv=None) -> None:
     logits = model.apply({"params": params}, xb, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  def bench(tx, mesh, rules, update_every):
+  def prepare(tx, mesh, rules, update_every):
+    """A function that runs one step (blocking), the bytes device 0 holds and the update's HLO."""
     init = lambda: (lambda p: (p, tx.init(p)))(model.init(k[2], x[:1], train=False)["params"])  # noqa: E731
     abstract = jax.eval_shape(init)
     sh = parallel.state_shardings(abstract, mesh, abstract[0], rules)
@@ -91,14 +93,26 @@ def main(argv=None) -> None:
       leaves = jax.tree.leaves((params, state))
       held = sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves) / sum(leaf.nbytes for leaf in leaves)
       held = (held, sum(leaf.addressable_shards[0].data.nbytes for leaf in leaves))
-      times = []
-      for i in range(args.steps + 1):
+    live = [params, state]
+
+    def once():
+      with jax.set_mesh(mesh):
         t = time.perf_counter()
-        params, state = f(params, state, batch["x"], batch["y"])
-        jax.block_until_ready(params)
-        if i:  # the first call compiles
-          times.append(time.perf_counter() - t)
-    return statistics.median(times), held, hlo
+        live[:] = f(live[0], live[1], batch["x"], batch["y"])
+        jax.block_until_ready(live[0])
+        return time.perf_counter() - t
+
+    once()  # compiles
+    return once, held, hlo
+
+  def interleaved(runs):
+    """Median seconds of each of `runs` (step functions), called in turn `args.steps` times: a load that drifts
+    slows them alike, so their ratios hold better than those of back-to-back medians."""
+    times = [[] for _ in runs]
+    for _ in range(args.steps):
+      for t, run in zip(times, runs):
+        t.append(run())
+    return [statistics.median(t) for t in times]
 
   def collectives(hlo):
     found = set()
@@ -118,9 +132,11 @@ def main(argv=None) -> None:
       if kind == "fsdp+model" and n < 2:
         continue
       mesh, rules = mesh_for(kind, n)
-      dense, _, _ = bench(optax.adam(1e-3), mesh, rules, 0)
-      steady, held, _ = bench(sj.sparsify(optax.adam(1e-3), gmp(10**6)), mesh, rules, 10**6)
-      upd, _, hlo = bench(sj.sparsify(optax.adam(1e-3), gmp(1)), mesh, rules, 1)
+      dense_run, _, _ = prepare(optax.adam(1e-3), mesh, rules, 0)
+      steady_run, held, _ = prepare(sj.sparsify(optax.adam(1e-3), gmp(10**6)), mesh, rules, 10**6)
+      update_run, _, hlo = prepare(sj.sparsify(optax.adam(1e-3), gmp(1)), mesh, rules, 1)
+      dense, steady, upd = interleaved([dense_run, steady_run, update_run])
+      del dense_run, steady_run, update_run
       print(f"{kind:<11} {n:>3} {dense:>8.3f} {steady / dense:>7.2f} {upd / dense:>7.2f} {held[1] / 2**20:>10.1f} "
             f"{held[0]:>8.3f}  {collectives(hlo)}", flush=True)
   del jnp, NamedSharding, steps

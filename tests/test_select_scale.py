@@ -121,19 +121,36 @@ def test_global_gmp_traces_past_2_32_without_x64():
   assert [m.shape for m in jax.tree.leaves(sj.get_masks(state))] == [(50000, 50000)] * 3
 
 
+def test_global_gmp_with_min_density_traces_past_2_32_without_x64():
+  """The per-layer floor's counts past 2**32 without x64 (they raised: counts up to ... need 64-bit integers)."""
+  pruner = sj.create_pruner({"algorithm": "gmp", "target": 0.9, "distribution": "global", "min_density": 0.01,
+                             "begin_step": 0, "end_step": 10, "update_every": 1})
+  tx = sj.sparsify(optax.sgd(0.1), pruner)
+  params = {f"l{i}": {"kernel": jax.ShapeDtypeStruct((50000, 50000), jnp.float32)} for i in range(3)}
+  state = jax.eval_shape(tx.init, params)
+  _, state = jax.eval_shape(tx.update, params, state, params)
+  assert [m.shape for m in jax.tree.leaves(sj.get_masks(state))] == [(50000, 50000)] * 3
+
+
+@pytest.mark.parametrize("min_density", [0.0, 0.08])
 @pytest.mark.parametrize("step", [3, 10])  # mid-schedule (a traced float32 count) and at the target (exact)
-def test_global_gmp_counts_in_two_words_give_the_one_word_masks(monkeypatch, step):
-  """The pruner's two-word k (forced on small layers by lowering the word size) keeps what one word keeps."""
+def test_global_gmp_counts_in_two_words_give_the_one_word_masks(monkeypatch, step, min_density):
+  """The pruner's two-word k (forced on small layers by lowering the word size) keeps what one word keeps, with and
+  without a per-layer floor (0.08 binds: the largest layer would keep under 8% by the global threshold alone)."""
   cfg = {"algorithm": "gmp", "target": 0.9, "distribution": "global", "begin_step": 0, "end_step": 10,
-         "update_every": 1}
+         "update_every": 1, "min_density": min_density}
   rng = np.random.default_rng(0)
-  params = {f"l{i}": jnp.asarray(rng.normal(size=(40, 25 + 10 * i)), jnp.float32) for i in range(3)}
+  # l0's weights are 10x smaller: the global threshold alone keeps almost none of them, so the floor binds there
+  params = {f"l{i}": jnp.asarray(rng.normal(size=(40, 25 + 10 * i)) * (0.1 if i == 0 else 1.0), jnp.float32)
+            for i in range(3)}
 
   def masks():
     p = sj.create_pruner(cfg)
     return jax.jit(lambda x: p.update(x, x, p.init(x), jnp.int32(step)))(params).masks
 
   one = masks()
+  if min_density:
+    assert int(np.asarray(one["l0"]).sum()) == 80  # ceil(0.08 * 1000): the floor
   monkeypatch.setattr(select, "_WORD", 2**10)  # 4200 weights now "past a word"
   assert select.needs_two_words(4200)
   two = masks()

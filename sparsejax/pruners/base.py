@@ -223,8 +223,19 @@ def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=No
   floors = [-(-f // w) for f, w in zip(distributions.floor_counts(sizes, plan.min_density), weights)]
   floor_masks = select.topk_masks(pooled, floors, elig, score_fn, plan.selection)
   rest_elig = [~f if e is None else e & ~f for f, e in zip(floor_masks, elig or [None] * len(pooled))]
-  dtype = select.count_dtype(sum(sizes))  # exact past 2**31 (uint32 / int64), never below 0
-  used = sum(jnp.asarray(w, dtype) * jnp.sum(f, dtype=dtype) for w, f in zip(weights, floor_masks))
-  k = jnp.asarray(k).astype(dtype)
-  rest = select.global_topk_masks(pooled, jnp.maximum(k, used) - used, rest_elig, weights, score_fn, plan.selection)
+  if select.needs_two_words(sum(sizes)):
+    # 2**32 weights or more without x64: one array's weighted count fits a uint32 (it has fewer than 2**32 entries),
+    # the sum and k - used are counted in two words.
+    ops = select.TwoWords()
+    used = ops.of(jnp.uint32(0))
+    for w, f in zip(weights, floor_masks):
+      used = ops.add(used, ops.of(jnp.uint32(w) * jnp.sum(f, dtype=jnp.uint32)))
+    k = ops.of(k)
+    rest_k = ops.sub(k, ops.min(k, used))
+  else:
+    dtype = select.count_dtype(sum(sizes))  # exact past 2**31 (uint32 / int64), never below 0
+    used = sum(jnp.asarray(w, dtype) * jnp.sum(f, dtype=dtype) for w, f in zip(weights, floor_masks))
+    k = jnp.asarray(k).astype(dtype)
+    rest_k = jnp.maximum(k, used) - used
+  rest = select.global_topk_masks(pooled, rest_k, rest_elig, weights, score_fn, plan.selection)
   return [a | b for a, b in zip(floor_masks, rest)]
