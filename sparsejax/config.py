@@ -26,8 +26,9 @@ DEFAULTS: dict[str, Any] = {
                                 # for distributions, granularities, min_density and summaries; None: none (the
                                 # engine uses the zoo's scanned models' own)
     "min_density": 0.0,         # per-layer floor (distribution 'global')
-    "selection": "auto",        # auto | packed | per_layer: top-k on all layers packed together (fast to compile) or
-                                # layer by layer where the shards are (sharded params); auto: per_layer under a mesh
+    "selection": "auto",        # auto | packed | per_layer | sort: top-k on all layers packed together, layer by
+                                # layer where the shards are (sharded params), or by one sort (fewest kernels to
+                                # compile); auto: per_layer under a mesh, sort up to 2**20 weights, else packed
     "overrides": None,          # {regex: sparsity} fixed per-layer sparsities (per-layer distributions)
     "begin_step": 0,
     "end_step": None,           # None: begin_step (oneshot); gradual and regrowth methods need end_step > begin_step

@@ -76,3 +76,30 @@ def test_works_on_sharded_scores():
   x = jax.device_put(jax.random.normal(jax.random.key(0), (800,)), sharding)
   got = jax.jit(select.topk_mask)(x, 123)
   np.testing.assert_array_equal(np.asarray(got), _reference(np.asarray(x), 123))
+
+
+@pytest.mark.parametrize("mode", ["packed", "per_layer"])
+def test_sort_layout_matches_the_radix_layouts(mode):
+  """'auto' sorts small selections (select.SORT_MAX); every layout keeps the same entries, ties and eligibility and
+  weighted global counts included (scores are small integers: many ties)."""
+  assert select._sorts([jnp.zeros(10)], [1], "auto") and not select._sorts([jnp.zeros(10)], [1], "packed")
+  rng = np.random.default_rng(0)
+  shapes, weights = [(5, 6), (1, 3), (4, 4)], [3, 1, 2]
+  total = sum(w * int(np.prod(s)) for w, s in zip(weights, shapes))
+
+  def both(fn):
+    return [jax.jit(lambda *a, m=m: fn(*a, m)) for m in ("sort", mode)]
+
+  per = both(lambda a, e, k, m: select.topk_masks_and_counts(a, list(k), e, jnp.abs, mode=m))
+  glob = both(lambda a, e, k, m: select.global_topk_masks(a, k, e, weights, jnp.abs, mode=m))
+  for trial in range(30):
+    xs = [jnp.asarray(rng.integers(-3, 4, size=s).astype(np.float32)) for s in shapes]
+    elig = [jnp.asarray(rng.random(s) < (1.0 if trial % 3 == 0 else 0.7)) for s in shapes]
+    ks = jnp.asarray([int(rng.integers(-1, int(np.prod(s)) + 2)) for s in shapes], jnp.int32)
+    (a, ca), (b, cb) = per[0](xs, elig, ks), per[1](xs, elig, ks)
+    np.testing.assert_array_equal(np.asarray(ca), np.asarray(cb))
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    k = jnp.int32(int(rng.integers(-1, total + 3)))
+    for x, y in zip(glob[0](xs, elig, k), glob[1](xs, elig, k)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
