@@ -67,7 +67,7 @@ def test_report_lists_every_study_with_its_verdict_and_writes_docs(tmp_path, mon
   ctx = studies.Context(str(tmp_path / "w"), "tiny", (0, 1, 2))
   studies.reproduce(["a", "b"], ctx, "cmd", docs=str(tmp_path / "docs"))
   text = (tmp_path / "docs" / "REPRODUCTIONS.md").read_text()
-  assert "| 1 | [Claim a](#1-claim-a) | reproduced |" in text
+  assert "| 1 | [Claim a](#1-claim-a) | reproduced | " in text
   assert "| 2 | [Claim b](#2-claim-b) | not reproduced |" in text
   assert "> a quote\n> on two lines" in text
   assert "![b](reproductions/b.png)" in text and (tmp_path / "docs" / "reproductions" / "b.png").exists()
