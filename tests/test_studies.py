@@ -23,6 +23,7 @@ def _files(root):
   return out
 
 
+@pytest.mark.slow  # ten studies of engine runs and training loops: make test-slow, which CI runs too
 @pytest.mark.parametrize("name", studies.STUDIES)
 def test_study_runs_end_to_end_at_tiny_scale_and_resumes(name, tmp_path):
   ctx = studies.Context(str(tmp_path), "tiny", (0,))
