@@ -61,8 +61,10 @@ def run_study(name: str, ctx: Context) -> dict:
   before = {"seconds": 0.0, "cpu_seconds": 0.0}
   if os.path.exists(wall_path):
     with open(wall_path) as f:
-      before.update(json.load(f))
-  timing = {"seconds": before["seconds"] + spent, "cpu_seconds": before["cpu_seconds"] + cpu}
+      before = json.load(f)
+  # CPU time is unknown (None) for a study whose earlier invocations did not record it
+  known = before.get("cpu_seconds")
+  timing = {"seconds": before["seconds"] + spent, "cpu_seconds": None if known is None else known + cpu}
   with open(wall_path, "w") as f:
     json.dump(timing, f)
   v = study.verdict(results)
@@ -71,6 +73,10 @@ def run_study(name: str, ctx: Context) -> dict:
   study.plot(results, ctx.path(name + ".png"))
   return {"name": name, "study": study, "results": results, "verdict": v, "wall_s": timing["seconds"],
           "cpu_s": timing["cpu_seconds"], "setup": study.setup(sub)}
+
+
+def _minutes(seconds) -> str:
+  return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def anchor(title: str) -> str:
@@ -91,23 +97,26 @@ def section(i: int, entry: dict, image: str) -> str:
       s.tables(entry["results"]), "",
       f"![{entry['name']}]({image})", "",
       f"**Verdict: {v.verdict}.** {v.why}", "",
-      f"Wall time: {entry['wall_s'] / 60:.1f} min (CPU time {entry['cpu_s'] / 60:.1f} min).", ""])
+      f"Wall time: {entry['wall_s'] / 60:.1f} min (CPU time {_minutes(entry['cpu_s'])}).", ""])
 
 
 def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str = "") -> str:
-  total, cpu = sum(e["wall_s"] for e in entries), sum(e["cpu_s"] for e in entries)
+  total = sum(e["wall_s"] for e in entries)
+  cpu = [e["cpu_s"] for e in entries if e["cpu_s"] is not None]
+  cpu = (f"CPU time {sum(cpu) / 60:.1f} min" + ("" if len(cpu) == len(entries) else
+                                                f" for the {len(cpu)} studies that recorded it"))
   lines = [
       "# Reproductions of record", "",
       f"Generated {datetime.date.today().isoformat()} by `{command}` (scale `{ctx.scale}`, seeds "
       f"{', '.join(map(str, ctx.seeds))}) on {os.cpu_count()} CPU cores. Wall time: {total / 60:.1f} min in all "
-      f"(CPU time {cpu / 60:.1f} min), the sum of the studies' own times, each summed over the invocations that "
+      f"({cpu}), the sum of the studies' own times, each summed over the invocations that "
       "resumed it (a study run beside other jobs takes longer in wall time, not in CPU time). Every number below was "
       "measured in that run; the published numbers are quoted from the papers. Verdict rules were written before "
       "the runs.", "",
       "| # | study | verdict | wall time | CPU time |", "|---|---|---|---|---|"]
   for i, e in enumerate(entries, 1):
     lines.append(f"| {i} | [{e['study'].TITLE}](#{anchor(f'{i}. ' + e['study'].TITLE)}) | {e['verdict'].verdict} | {e['wall_s'] / 60:.1f} min | "
-                 f"{e['cpu_s'] / 60:.1f} min |")
+                 f"{_minutes(e['cpu_s'])} |")
   lines.append("")
   for i, e in enumerate(entries, 1):
     lines.append(section(i, e, os.path.join(image_dir, e["name"] + ".png") if image_dir else e["name"] + ".png"))
