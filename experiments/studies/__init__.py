@@ -111,8 +111,8 @@ def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str =
       f"{', '.join(map(str, ctx.seeds))}) on {os.cpu_count()} CPU cores. Wall time: {total / 60:.1f} min in all "
       f"({cpu}), the sum of the studies' own times, each summed over the invocations that "
       "resumed it (a study run beside other jobs takes longer in wall time, not in CPU time). Every number below was "
-      "measured in that run; the published numbers are quoted from the papers. Verdict rules were written before "
-      "the runs.", "",
+      "measured by the studies' own runs in <workdir> (this command reads finished ones back); the published numbers "
+      "are quoted from the papers. Verdict rules were written before the runs.", "",
       "| # | study | verdict | wall time | CPU time |", "|---|---|---|---|---|"]
   for i, e in enumerate(entries, 1):
     lines.append(f"| {i} | [{e['study'].TITLE}](#{anchor(f'{i}. ' + e['study'].TITLE)}) | {e['verdict'].verdict} | {e['wall_s'] / 60:.1f} min | "

@@ -94,6 +94,28 @@ def quiet(config, num_steps: int, seed: int):
   return config
 
 
+def engine_grid(ctx: Context, steps: int, sparsities, arms, config_fn, record) -> dict:
+  """One engine run per (sparsity, arm, seed), named <arm>_s<sparsity>_seed<seed>: {"steps", "sparsities", "seeds",
+  "runs": [{"arm", "target", "seed", **record(results.json)}]}. config_fn(arm, target, seed, steps) -> config."""
+  out = {"steps": steps, "sparsities": list(sparsities), "seeds": list(ctx.seeds), "runs": []}
+  for target in sparsities:
+    for arm in arms:
+      for seed in ctx.seeds:
+        r = ctx.engine(f"{arm}_s{target:g}_seed{seed}", config_fn(arm, target, seed, steps))
+        out["runs"].append({"arm": arm, "target": target, "seed": seed, **record(r)})
+  return out
+
+
+def runs_of(results: dict, arm: str, target: float, key: str = "arm") -> list:
+  """The run records of one arm (results["runs"][i][key] == arm) at one target sparsity."""
+  return [r for r in results["runs"] if r[key] == arm and r["target"] == target]
+
+
+def acc_by_seed(results: dict, arm: str, target: float, key: str = "arm") -> dict:
+  """{seed: final test accuracy} of one arm at one target sparsity."""
+  return {r["seed"]: r["test_accuracy"] for r in runs_of(results, arm, target, key)}
+
+
 def mean(xs: Sequence[float]) -> float:
   return sum(xs) / len(xs)
 

@@ -65,7 +65,7 @@ def run(ctx) -> dict:
 
 
 def _acc(results, method, target):
-  return {r["seed"]: r["test_accuracy"] for r in results["runs"] if r["method"] == method and r["target"] == target}
+  return common.acc_by_seed(results, method, target, key="method")
 
 
 def _per_sparsity(results):

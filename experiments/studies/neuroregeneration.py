@@ -62,24 +62,13 @@ def _config(arm: str, target: float, seed: int, steps: int):
 
 
 def run(ctx) -> dict:
-  steps = _steps(ctx)
-  out = {"steps": steps, "sparsities": list(_sparsities(ctx)), "seeds": list(ctx.seeds), "runs": []}
-  for target in _sparsities(ctx):
-    for arm in ARMS:
-      for seed in ctx.seeds:
-        r = ctx.engine(f"{arm}_s{target:g}_seed{seed}", _config(arm, target, seed, steps))
-        out["runs"].append({"arm": arm, "target": target, "seed": seed, "test_accuracy": r["final"]["test_accuracy"],
-                            "test_loss": r["final"]["test_loss"], "sparsity": r["final"]["sparsity"],
-                            "layers": {k: v["sparsity"] for k, v in r["layers"].items()}})
-  return out
+  return common.engine_grid(ctx, _steps(ctx), _sparsities(ctx), ARMS, _config, lambda r: {
+      "test_accuracy": r["final"]["test_accuracy"], "test_loss": r["final"]["test_loss"],
+      "sparsity": r["final"]["sparsity"], "layers": {k: v["sparsity"] for k, v in r["layers"].items()}})
 
 
-def _runs(results, arm, target):
-  return [r for r in results["runs"] if r["arm"] == arm and r["target"] == target]
-
-
-def _acc(results, arm, target):
-  return {r["seed"]: r["test_accuracy"] for r in _runs(results, arm, target)}
+_runs = common.runs_of
+_acc = common.acc_by_seed
 
 
 def _per_sparsity(results):

@@ -106,12 +106,8 @@ def run(ctx) -> dict:
   return out
 
 
-def _runs(results, arm, target):
-  return [r for r in results["runs"] if r["arm"] == arm and r["target"] == target]
-
-
-def _acc(results, arm, target):
-  return {r["seed"]: r["test_accuracy"] for r in _runs(results, arm, target)}
+_runs = common.runs_of
+_acc = common.acc_by_seed
 
 
 def _per_sparsity(results):
