@@ -26,11 +26,9 @@ the pruning papers each given a verdict, written to <workdir>/REPRODUCTIONS.md (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-import numpy as np
 
 from configs import mnist1d_mlp_lth
 from experiments import compare_methods as compare_methods_lib
