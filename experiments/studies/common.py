@@ -116,6 +116,34 @@ def acc_by_seed(results: dict, arm: str, target: float, key: str = "arm") -> dic
   return {r["seed"]: r["test_accuracy"] for r in runs_of(results, arm, target, key)}
 
 
+def per_sparsity(results: dict, better: str, worse: str, key: str = "arm") -> dict:
+  """{target: the ORDERING_RULE verdict of arm `better` against arm `worse` on final test accuracy}."""
+  return {t: ordering(acc_by_seed(results, better, t, key), acc_by_seed(results, worse, t, key), f"{100 * t:g}%")
+          for t in results["sparsities"]}
+
+
+def plot_arms(results: dict, arms, title: str, path: str, key: str = "arm") -> None:
+  """Test accuracy against target sparsity: one dot per seed and a line through the seeds' mean, per (arm, color,
+  label) of `arms`."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ts = results["sparsities"]
+  for arm, color, label in arms:
+    for t in ts:
+      acc = acc_by_seed(results, arm, t, key)
+      ax.plot([100 * t] * len(acc), [100 * a for a in acc.values()], "o", color=color, alpha=0.5)
+    ax.plot([100 * t for t in ts], [100 * mean(list(acc_by_seed(results, arm, t, key).values())) for t in ts], "-",
+            color=color, label=label)
+  ax.set_xlabel("sparsity %")
+  ax.set_ylabel("test accuracy %")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def mean(xs: Sequence[float]) -> float:
   return sum(xs) / len(xs)
 

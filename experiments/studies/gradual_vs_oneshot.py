@@ -69,8 +69,7 @@ def _acc(results, method, target):
 
 
 def _per_sparsity(results):
-  return {t: common.ordering(_acc(results, "gmp", t), _acc(results, "oneshot", t), f"{100 * t:g}%")
-          for t in results["sparsities"]}
+  return common.per_sparsity(results, "gmp", "oneshot", key="method")
 
 
 def verdict(results) -> common.Verdict:
@@ -99,20 +98,5 @@ def tables(results) -> str:
 
 
 def plot(results, path: str) -> None:
-  plt = common.pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ts = results["sparsities"]
-  for method, color in (("gmp", "C0"), ("oneshot", "C3")):
-    for t in ts:
-      acc = _acc(results, method, t)
-      ax.plot([100 * t] * len(acc), [100 * a for a in acc.values()], "o", color=color, alpha=0.5)
-    ax.plot([100 * t for t in ts], [100 * common.mean(list(_acc(results, method, t).values())) for t in ts], "-",
-            color=color, label=f"{method} (mean over seeds)")
-  ax.set_xlabel("sparsity %")
-  ax.set_ylabel("test accuracy %")
-  ax.set_title("Gradual (gmp) vs one-shot magnitude pruning, LeNet-300-100, Fashion-MNIST", fontsize=9)
-  ax.legend(fontsize=8)
-  ax.grid(True, alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.plot_arms(results, (("gmp", "C0", "gmp (mean over seeds)"), ("oneshot", "C3", "oneshot (mean over seeds)")),
+                   "Gradual (gmp) vs one-shot magnitude pruning, LeNet-300-100, Fashion-MNIST", path, key="method")

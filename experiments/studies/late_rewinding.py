@@ -56,7 +56,7 @@ RULE = ("Accuracy: the value of an arm on a seed is its final test accuracy aver
         "**inconclusive** otherwise.")
 
 LR = 2e-2
-PRUNE_HIDDEN, PRUNE_HEAD = 0.36, 0.19
+PRUNE_HIDDEN, PRUNE_HEAD = lth_vs_reinit.PRUNE_HIDDEN, lth_vs_reinit.PRUNE_HEAD
 PROBE_DATA_SEED = 1000  # the second copy's data order: seed PROBE_DATA_SEED + seed (the engine's copy uses seed)
 
 
@@ -88,20 +88,11 @@ def setup(ctx) -> str:
 
 
 def _config(rewind: str, levels: int, seed: int, steps: int, k: int):
-  from configs import fashion_mnist_lenet300  # pylint: disable=g-import-not-at-top
-  config = fashion_mnist_lenet300.get_config("method=imp")
-  config.training.learning_rate = LR
-  config.training.lr_schedule = "cosine"
-  s = config.sparsity
-  s.levels = levels
-  s.prune_fraction = PRUNE_HIDDEN
-  s.prune_fraction_overrides = {"^head/": PRUNE_HEAD}
-  if rewind == "init":
-    s.rewind, s.control = "init", "random_reinit"
-  else:
+  """Study 4's IMP config at LR; rewound to step k (no control) instead of step 0 when rewind == "step"."""
+  config = lth_vs_reinit._config(LR, levels, seed, steps)
+  if rewind != "init":
+    s = config.sparsity
     s.rewind, s.rewind_step, s.control = "step", k, "none"
-  config = common.quiet(config, steps, seed)
-  config.training.checkpoint_every = 0  # each level's run: one checkpoint, at its end (the next level reads it)
   return config
 
 

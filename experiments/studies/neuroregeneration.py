@@ -72,8 +72,7 @@ _acc = common.acc_by_seed
 
 
 def _per_sparsity(results):
-  return {t: common.ordering(_acc(results, "granet", t), _acc(results, "gmp", t), f"{100 * t:g}%")
-          for t in results["sparsities"]}
+  return common.per_sparsity(results, "granet", "gmp")
 
 
 def verdict(results) -> common.Verdict:
@@ -111,20 +110,6 @@ def tables(results) -> str:
 
 
 def plot(results, path: str) -> None:
-  plt = common.pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ts = results["sparsities"]
-  for arm, color, label in (("granet", "C2", "granet (gmp + regrowth)"), ("gmp", "C0", "gmp")):
-    for t in ts:
-      acc = _acc(results, arm, t)
-      ax.plot([100 * t] * len(acc), [100 * a for a in acc.values()], "o", color=color, alpha=0.5)
-    ax.plot([100 * t for t in ts], [100 * common.mean(list(_acc(results, arm, t).values())) for t in ts], "-",
-            color=color, label=f"{label}, mean over seeds")
-  ax.set_xlabel("sparsity %")
-  ax.set_ylabel("test accuracy %")
-  ax.set_title("Gradual magnitude pruning with and without regrowth, LeNet-300-100, Fashion-MNIST", fontsize=9)
-  ax.legend(fontsize=8)
-  ax.grid(True, alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.plot_arms(results, (("granet", "C2", "granet (gmp + regrowth), mean over seeds"),
+                             ("gmp", "C0", "gmp, mean over seeds")),
+                   "Gradual magnitude pruning with and without regrowth, LeNet-300-100, Fashion-MNIST", path)

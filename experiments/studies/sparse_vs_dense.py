@@ -111,8 +111,7 @@ _acc = common.acc_by_seed
 
 
 def _per_sparsity(results):
-  return {t: common.ordering(_acc(results, "sparse", t), _acc(results, "dense", t), f"{100 * t:g}%")
-          for t in results["sparsities"]}
+  return common.per_sparsity(results, "sparse", "dense")
 
 
 def verdict(results) -> common.Verdict:
