@@ -21,7 +21,7 @@ published ordering checked) and <workdir>/oneshot.png (see experiments/oneshot.p
 all, and each study by name (gradual_vs_oneshot, sparse_vs_dense, ...): the reproductions of record, ten claims of
 the pruning papers each given a verdict, written to <workdir>/REPRODUCTIONS.md (see experiments/studies/__init__.py):
   python -m experiments.reproduce all --workdir=runs/studies [--scale tiny|default|full] [--full] [--seeds 0,1,2]
-      [--docs docs]
+      [--docs docs] [--jobs 2]
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _studies(names):
   def run(workdir, seeds, args):
     ctx = studies.Context(workdir, "full" if args.full else args.scale, tuple(seeds or (0, 1, 2)))
     command = "python -m experiments.reproduce " + " ".join(args.argv)
-    return studies.reproduce(names, ctx, command, docs=args.docs)
+    return studies.reproduce(names, ctx, command, docs=args.docs, jobs=args.jobs)
   return run
 
 
@@ -173,6 +173,8 @@ def main(argv=None):
   parser.add_argument("--full", action="store_true", help="the studies: --scale=full")
   parser.add_argument("--docs", default=None,
                       help="the studies: also write DOCS/REPRODUCTIONS.md and DOCS/reproductions/*.png")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="the studies: run this many at once, each in its own process (2 on a 2-core machine)")
   parser.add_argument("--levels", type=int, default=15,
                       help="lth_mnist1d: IMP levels; 15 keep 0.8^15 = 3.5%% of the weights (0.965 sparsity)")
   parser.add_argument("--num_steps", type=int, default=None,
@@ -195,6 +197,8 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
   except ValueError:
     parser.error(f"--seeds: got {args.seeds!r}; accepted values: comma-separated integers such as 0,1,2")
+  if args.jobs < 1:
+    parser.error(f"--jobs: got {args.jobs}; accepted values: integers >= 1")
   if args.experiment not in ("all",) + studies.STUDIES:
     seeds = seeds or [0, 1]
   return EXPERIMENTS[args.experiment](args.workdir, seeds, args)

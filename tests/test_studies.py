@@ -99,6 +99,7 @@ def test_ordering_rule_by_hand():
     (["nosuch", "--workdir", "w"], "invalid choice: 'nosuch'"),
     (["all", "--workdir", "w", "--scale", "huge"], "invalid choice: 'huge'"),
     (["all", "--workdir", "w", "--seeds", "a,b"], "--seeds: got 'a,b'"),
+    (["all", "--workdir", "w", "--jobs", "0"], "--jobs: got 0"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):
   p = subprocess.run([sys.executable, "-m", "experiments.reproduce"] + args, cwd=tmp_path, capture_output=True,
@@ -106,6 +107,46 @@ def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):
   assert p.returncode == 2, p.stderr
   assert message in p.stderr and "Traceback" not in p.stderr
   assert os.listdir(tmp_path) == []
+
+
+def _fake_workers(monkeypatch, fail=()):
+  """Worker processes that write a fake study's results and time, as `python -m experiments.studies` does; those
+  in `fail` exit 1."""
+  def command(name, ctx):
+    code = ("import json, os, sys, time; d = sys.argv[1]; time.sleep(0.5)\n"
+            f"if {name in fail}: print('boom'); sys.exit(1)\n"
+            "json.dump({'v': 1}, open(os.path.join(d, 'study_results.json'), 'w'))\n"
+            "json.dump({'seconds': 30.0, 'cpu_seconds': 20.0}, open(os.path.join(d, 'wall.json'), 'w'))")
+    return [sys.executable, "-c", code, ctx.path(name)]
+  monkeypatch.setattr(studies, "_worker_command", command)
+
+
+def test_jobs_run_studies_in_their_own_processes_and_report_them(tmp_path, monkeypatch):
+  fakes = {n: _fake(n, "reproduced", 1) for n in ("a", "b", "c")}
+  monkeypatch.setattr(studies, "STUDIES", tuple(fakes))
+  monkeypatch.setattr(studies, "load", lambda n: fakes[n])
+  _fake_workers(monkeypatch)
+  ctx = studies.Context(str(tmp_path / "w"), "tiny", (0,))
+  entries = studies.reproduce(["a", "b", "c"], ctx, "cmd", jobs=2)
+  assert [e["name"] for e in entries] == ["a", "b", "c"]  # the report keeps the study order
+  assert all(e["results"] == {"v": 1} and e["wall_s"] == 30.0 and e["cpu_s"] == 20.0 for e in entries)
+  text = (tmp_path / "w" / "REPRODUCTIONS.md").read_text()
+  assert "2 studies at a time" in text and "| 3 | [Claim c](#3-claim-c) | reproduced | 0.5 min | 0.3 min |" in text
+  for n in fakes:
+    assert (tmp_path / "w" / n / "log.txt").exists() and (tmp_path / "w" / f"{n}.png").exists()
+
+
+def test_a_failed_job_is_named_with_its_log_after_the_others_finish(tmp_path, monkeypatch):
+  fakes = {n: _fake(n, "reproduced", 1) for n in ("a", "b", "c")}
+  monkeypatch.setattr(studies, "STUDIES", tuple(fakes))
+  monkeypatch.setattr(studies, "load", lambda n: fakes[n])
+  _fake_workers(monkeypatch, fail=("a",))
+  ctx = studies.Context(str(tmp_path / "w"), "tiny", (0,))
+  with pytest.raises(RuntimeError, match=r"studies failed: a; their logs: .*a/log.txt"):
+    studies.reproduce(["a", "b", "c"], ctx, "cmd", jobs=2)
+  assert "boom" in (tmp_path / "w" / "a" / "log.txt").read_text()
+  assert (tmp_path / "w" / "c" / "study_results.json").exists()  # the others ran to the end
+  assert not (tmp_path / "w" / "REPRODUCTIONS.md").exists()
 
 
 def test_every_study_is_registered_by_name():

@@ -2,7 +2,12 @@
 command and given a verdict by a rule stated before the run.
 
   python -m experiments.reproduce all --workdir=runs/studies [--scale tiny|default|full] [--seeds 0,1,2] [--docs docs]
+      [--jobs 2]
   python -m experiments.reproduce <study> --workdir=runs/studies      (one study, same flags)
+
+`--jobs N` runs N studies at once, each in its own process (`python -m experiments.studies <study> ...`, its output
+in <workdir>/<study>/log.txt): the studies' engine runs are small enough that one process uses about one core, so
+two jobs on two cores halve the elapsed time. The report is written once all have finished.
 
 Each study runs in <workdir>/<study>/ and resumes there (finished pieces are read back). Writes
 <workdir>/REPRODUCTIONS.md and <workdir>/<study>.png; `--docs DIR` also writes DIR/REPRODUCTIONS.md and
@@ -18,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -49,11 +56,22 @@ def _wall_path(ctx: Context, name: str) -> str:
   return ctx.path(name, "wall.json")
 
 
-def run_study(name: str, ctx: Context) -> dict:
-  """Runs (or resumes) one study in <ctx.workdir>/<name>/; returns {name, results, verdict, wall_s, setup}."""
+def _results_path(ctx: Context, name: str) -> str:
+  return ctx.path(name, "study_results.json")
+
+
+def run_study(name: str, ctx: Context, results: Optional[dict] = None) -> dict:
+  """Runs (or resumes) one study in <ctx.workdir>/<name>/; returns {name, results, verdict, wall_s, setup}.
+
+  `results` (a finished study's, written to <workdir>/<name>/study_results.json by the process that ran it) skips
+  the run: only the verdict and the plot are made here, and no time is added to wall.json."""
   study = load(name)
   sub = dataclasses.replace(ctx, workdir=ctx.path(name))
   os.makedirs(sub.workdir, exist_ok=True)
+  if results is not None:
+    with open(_wall_path(ctx, name)) as f:
+      timing = json.load(f)
+    return _entry(name, study, sub, ctx, results, timing)
   started, cpu_started = time.time(), time.process_time()
   results = study.run(sub)
   spent, cpu = time.time() - started, time.process_time() - cpu_started
@@ -67,6 +85,13 @@ def run_study(name: str, ctx: Context) -> dict:
   timing = {"seconds": before["seconds"] + spent, "cpu_seconds": None if known is None else known + cpu}
   with open(wall_path, "w") as f:
     json.dump(timing, f)
+  with open(_results_path(ctx, name) + ".tmp", "w") as f:
+    json.dump(results, f)
+  os.replace(_results_path(ctx, name) + ".tmp", _results_path(ctx, name))
+  return _entry(name, study, sub, ctx, results, timing)
+
+
+def _entry(name, study, sub, ctx, results, timing) -> dict:
   v = study.verdict(results)
   if v.verdict not in VERDICTS:
     raise ValueError(f"{name}: verdict {v.verdict!r} is not one of {VERDICTS}")
@@ -100,7 +125,8 @@ def section(i: int, entry: dict, image: str) -> str:
       f"Wall time: {entry['wall_s'] / 60:.1f} min (CPU time {_minutes(entry['cpu_s'])}).", ""])
 
 
-def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str = "") -> str:
+def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str = "", elapsed: Optional[float] = None,
+           jobs: int = 1) -> str:
   total = sum(e["wall_s"] for e in entries)
   cpu = [e["cpu_s"] for e in entries if e["cpu_s"] is not None]
   cpu = (f"CPU time {sum(cpu) / 60:.1f} min" + ("" if len(cpu) == len(entries) else
@@ -112,7 +138,10 @@ def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str =
       f"({cpu}), the sum of the studies' own times, each summed over the invocations that "
       "resumed it (a study run beside other jobs takes longer in wall time, not in CPU time). Every number below was "
       "measured by the studies' own runs in <workdir> (this command reads finished ones back); the published numbers "
-      "are quoted from the papers. Verdict rules were written before the runs.", "",
+      "are quoted from the papers. Verdict rules were written before the runs."
+      + ("" if elapsed is None else f" This invocation took {elapsed / 60:.1f} min elapsed, {jobs} "
+         f"stud{'y' if jobs == 1 else 'ies'} at a time (a resumed invocation counts only what it ran or read back)."),
+      "",
       "| # | study | verdict | wall time | CPU time |", "|---|---|---|---|---|"]
   for i, e in enumerate(entries, 1):
     lines.append(f"| {i} | [{e['study'].TITLE}](#{anchor(f'{i}. ' + e['study'].TITLE)}) | {e['verdict'].verdict} | {e['wall_s'] / 60:.1f} min | "
@@ -123,24 +152,74 @@ def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str =
   return "\n".join(lines)
 
 
-def reproduce(names: Sequence[str], ctx: Context, command: str, docs: Optional[str] = None) -> list[dict]:
-  """Runs the studies in order, then writes <workdir>/REPRODUCTIONS.md (and DIR/REPRODUCTIONS.md with the PNGs
-  under DIR/reproductions/ when `docs` is given)."""
+# Minutes each study took in the run of stop 21 (default scale, under contention): `--jobs` starts the longest first
+# so that no long study is left to run alone at the end.
+COST = {"lth_vs_reinit": 44, "gradual_vs_oneshot": 36, "late_rewinding": 28, "grokking_tickets": 24,
+        "sparse_vs_dense": 24, "global_vs_layerwise": 21, "pai_ratios": 18, "planted_tickets": 15,
+        "neuroregeneration": 15, "oracle_pruning": 14}
+
+
+def _worker_command(name: str, ctx: Context) -> list:
+  return [sys.executable, "-m", "experiments.studies", name, f"--workdir={ctx.workdir}", f"--scale={ctx.scale}",
+          "--seeds=" + ",".join(map(str, ctx.seeds))]
+
+
+def _run_parallel(names: Sequence[str], ctx: Context, jobs: int) -> dict:
+  """Runs the studies `jobs` at a time, each in its own process; returns {name: results}. Raises RuntimeError naming
+  the studies that failed (their logs say why) once every other one has finished."""
+  pending, running, results, failed = sorted(names, key=lambda n: -COST.get(n, 0)), {}, {}, []
+  while pending or running:
+    while pending and len(running) < jobs:
+      name = pending.pop(0)
+      os.makedirs(ctx.path(name), exist_ok=True)
+      log = open(ctx.path(name, "log.txt"), "a")  # pylint: disable=consider-using-with (closed when it ends)
+      print(f"=== study {name} started (scale {ctx.scale}, seeds {list(ctx.seeds)}; log {log.name})", flush=True)
+      running[name] = (subprocess.Popen(_worker_command(name, ctx), stdout=log, stderr=subprocess.STDOUT), log)
+    time.sleep(1.0)
+    for name, (proc, log) in list(running.items()):
+      if proc.poll() is None:
+        continue
+      log.close()
+      del running[name]
+      if proc.returncode != 0:
+        failed.append(name)
+        print(f"=== study {name} FAILED (exit {proc.returncode}); see {log.name}", flush=True)
+        continue
+      with open(_results_path(ctx, name)) as f:
+        results[name] = json.load(f)
+      print(f"=== study {name} finished", flush=True)
+  if failed:
+    raise RuntimeError(f"studies failed: {', '.join(failed)}; their logs: "
+                       + ", ".join(ctx.path(n, "log.txt") for n in failed))
+  return results
+
+
+def reproduce(names: Sequence[str], ctx: Context, command: str, docs: Optional[str] = None,
+              jobs: int = 1) -> list[dict]:
+  """Runs the studies (in order, or `jobs` at a time in their own processes), then writes
+  <workdir>/REPRODUCTIONS.md (and DIR/REPRODUCTIONS.md with the PNGs under DIR/reproductions/ when `docs` is given)."""
   for n in names:
     load(n)  # every name checked before anything runs
+  if jobs < 1:
+    raise ValueError(f"--jobs: got {jobs}; accepted values: integers >= 1")
+  started = time.time()
+  finished = _run_parallel(names, ctx, jobs) if jobs > 1 and len(names) > 1 else {}
   entries = []
   for n in names:
-    print(f"=== study {n} (scale {ctx.scale}, seeds {list(ctx.seeds)})", flush=True)
-    entries.append(run_study(n, ctx))
+    if n not in finished:
+      print(f"=== study {n} (scale {ctx.scale}, seeds {list(ctx.seeds)})", flush=True)
+    entries.append(run_study(n, ctx, finished.get(n)))
     v = entries[-1]["verdict"]
     print(f"=== {n}: {v.verdict} ({entries[-1]['wall_s'] / 60:.1f} min): {v.why}", flush=True)
+  elapsed = time.time() - started
+  print(f"=== {len(names)} studies in {elapsed / 60:.1f} min elapsed ({jobs} at a time)", flush=True)
   os.makedirs(ctx.workdir, exist_ok=True)
   with open(ctx.path("REPRODUCTIONS.md"), "w") as f:
-    f.write(report(entries, ctx, command))
+    f.write(report(entries, ctx, command, elapsed=elapsed, jobs=jobs))
   if docs:
     os.makedirs(os.path.join(docs, "reproductions"), exist_ok=True)
     for e in entries:
       shutil.copyfile(ctx.path(e["name"] + ".png"), os.path.join(docs, "reproductions", e["name"] + ".png"))
     with open(os.path.join(docs, "REPRODUCTIONS.md"), "w") as f:
-      f.write(report(entries, ctx, command, image_dir="reproductions"))
+      f.write(report(entries, ctx, command, image_dir="reproductions", elapsed=elapsed, jobs=jobs))
   return entries
