@@ -7,7 +7,8 @@ XLA_FLAGS when this process starts), under three meshes built by `sparsejax.para
   data        params replicated, batch split;
   fsdp        every param of 2**14 entries or more split over `fsdp` (largest divisible dimension), batch split;
   fsdp+model  fsdp over n/2 devices and a `model` axis of 2: hidden kernels split (fsdp, model) by rules, batch over fsdp.
-For each: the median step time of `sparsify(adam, gmp 90%)` between mask updates ("steady") and at a mask update
+For each: the median step time of `sparsify(adam, gmp 90%, check="record")` (as the launcher runs it;
+`--check raise` for the default) between mask updates ("steady") and at a mask update
 ("update"), each divided by the plain Adam step on the same mesh (target for steady: <= 1.10); the three steps run
 in turn, `--steps` times, so that a load that drifts slows them alike; the bytes that device 0
 holds for params + optimizer state (masks and moments included), and that as a fraction of the whole state (target
@@ -32,6 +33,8 @@ def main(argv=None) -> None:
   ap.add_argument("--steps", type=int, default=9)
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--meshes", default="data,fsdp,fsdp+model")
+  ap.add_argument("--check", default="record", choices=("record", "raise"),
+                  help="sparsify's check: record (the launcher's; no host callback in the step) or raise")
   args = ap.parse_args(argv)
   counts = [int(c) for c in args.devices.split(",")]
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -133,8 +136,8 @@ def main(argv=None) -> None:
         continue
       mesh, rules = mesh_for(kind, n)
       dense_run, _, _ = prepare(optax.adam(1e-3), mesh, rules, 0)
-      steady_run, held, _ = prepare(sj.sparsify(optax.adam(1e-3), gmp(10**6)), mesh, rules, 10**6)
-      update_run, _, hlo = prepare(sj.sparsify(optax.adam(1e-3), gmp(1)), mesh, rules, 1)
+      steady_run, held, _ = prepare(sj.sparsify(optax.adam(1e-3), gmp(10**6), check=args.check), mesh, rules, 10**6)
+      update_run, _, hlo = prepare(sj.sparsify(optax.adam(1e-3), gmp(1), check=args.check), mesh, rules, 1)
       dense, steady, upd = interleaved([dense_run, steady_run, update_run])
       del dense_run, steady_run, update_run
       print(f"{kind:<11} {n:>3} {dense:>8.3f} {steady / dense:>7.2f} {upd / dense:>7.2f} {held[1] / 2**20:>10.1f} "

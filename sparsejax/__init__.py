@@ -9,11 +9,11 @@ from sparsejax.cpu import tune_allocator as tune_cpu_allocator
 from sparsejax.masks import apply_masks, create_masks, summary
 from sparsejax.pruners import REGISTRY, Pruner, PrunerState, create_pruner
 from sparsejax.pruners.pai import layer_collapse, prune_at_init
-from sparsejax.transform import SparseState, get_masks, get_step, hyperparams, set_masks, sparse_init, sparsify
+from sparsejax.transform import SparseState, check_pruned, get_masks, get_step, hyperparams, set_masks, sparse_init, sparsify
 from sparsejax.version import __version__  # noqa: F401 (sparsejax.__version__)
 
 __all__ = [
-    "apply_masks", "create_masks", "create_pruner", "distributions", "export", "get_masks", "get_step", "granularity",
+    "apply_masks", "check_pruned", "create_masks", "create_pruner", "distributions", "export", "get_masks", "get_step", "granularity",
     "hyperparams", "layer_collapse", "masks", "posttrain", "prune_at_init", "Pruner", "PrunerState", "REGISTRY", "schedules",
     "select", "set_masks", "sparse_init", "SparseState", "sparsify", "summary", "tickets", "tune_cpu_allocator",
 ]

@@ -18,14 +18,19 @@ import ctypes
 import ctypes.util
 import sys
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
-def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1, arenas: int = 1) -> bool:
   """Keeps blocks up to `mmap_threshold` bytes in glibc's heap, so XLA:CPU reuses the pages of its temporary buffers
   from one step to the next instead of faulting fresh ones in; memory freed stays with the process up to
-  `trim_threshold`. The same as starting Python with MALLOC_MMAP_THRESHOLD_=1073741824
-  MALLOC_TRIM_THRESHOLD_=2147483647. Process-wide; call it once, before training. Returns whether glibc accepted
+  `trim_threshold`; and serves every thread from at most `arenas` heaps. The last matters with several devices (or
+  XLA's worker threads): glibc gives other threads heaps of at most 64 MiB that it shrinks or unmaps when they
+  empty, so a step's temporaries were faulted in afresh at every step; measured on the bench_scale MLP (24M
+  params, Adam) under FSDP on 8 CPU devices: ~21,000 minor faults per dense step and 0.40 s, against 0 and 0.33 s
+  with one arena; on one device 0.42 s against 0.31 s. The same as starting Python with
+  MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_ARENA_MAX=1. Process-wide; call it
+  once, before the first computation (threads that already have a heap keep it). Returns whether glibc accepted
   the settings (False on other C libraries and platforms, where it does nothing)."""
   if not sys.platform.startswith("linux"):
     return False
@@ -35,5 +40,5 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 
   except (OSError, AttributeError):
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-  return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                 int(trim_threshold)))
+  return all([bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))),
+              bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))), bool(mallopt(_M_ARENA_MAX, int(arenas)))])

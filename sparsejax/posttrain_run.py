@@ -135,7 +135,7 @@ def recovery_tx(config, num_steps: int) -> optax.GradientTransformation:
   inner = optim.make_optimizer(config.training, num_steps)
   if config.posttrain.recovery == "bias_norm":
     inner = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, bias_norm_labels)
-  return sj.sparsify(inner, magnitude.fixed(cfg))
+  return sj.sparsify(inner, magnitude.fixed(cfg), check="record")  # the hooks raise what it records
 
 
 def check_layers(setup: train_lib.Setup) -> None:

@@ -129,7 +129,9 @@ def build(config, workdir: Optional[str] = None) -> Setup:
   model = create_model(config.model.name, dataset.num_classes, **model_kwargs)
   num_steps = config_validation.num_train_steps(config.training, dataset.num_train)
   validation.check_data(config, dataset.num_train, num_steps)
-  tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), pruner)
+  # check="record": no host callback in the step (it would put every step on JAX's slower Python dispatch path);
+  # the hooks raise what the updates recorded (sj.check_pruned) after the first step and at every record.
+  tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), pruner, check="record")
   mesh = parallel.create_mesh(config.mesh)
   n = parallel.batch_ways(mesh)
   for key in ("batch_size", "eval_batch_size"):
@@ -166,7 +168,8 @@ def create_train_state(config, model: nn.Module, dataset, rng: jax.Array,
   """
   if tx is None:
     num_steps = config_validation.num_train_steps(config.training, dataset.num_train)
-    tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), sj.create_pruner(config.sparsity))
+    tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), sj.create_pruner(config.sparsity),
+                     check="record")
   mesh = mesh if mesh is not None else parallel.create_mesh(None)
   state = _jitted_init(model, tx, tuple(dataset.input_shape), mesh, _mesh_rules(config))(rng)
   if prune_at_init and config.sparsity.algorithm in pai.ALGORITHMS and config.sparsity.algorithm != "random":
@@ -293,11 +296,14 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
   stall the device), every loss of a record when it is written, and loss and params before a checkpoint is saved; a
   non-finite value raises `Diverged` naming the first step where it was seen, and no non-finite state is saved.
 
+  Pruned weights: what the updates recorded (`sparsify(..., check="record")`) is raised by `sj.check_pruned` after
+  the first step of the run and before every record and checkpoint, so no checkpoint holds a revived pruned weight.
+
   Preemption: when `preemption` reports a SIGTERM, the step's metrics record and a checkpoint are written, and
   `Preempted` is raised; the rerun resumes from that checkpoint.
   """
   training = setup.config.training
-  window, last = [], []
+  window, last, first = [], [], [True]
 
   def check_loss(step: int, loss) -> None:
     if not np.isfinite(float(loss)):
@@ -312,7 +318,11 @@ def standard_hooks(setup: Setup, eval_fn: Callable, writer: report.MetricsWriter
     preempted = manager is not None and preemption is not None and preemption.due(step)
     checkpoint_due = is_due(step, training.checkpoint_every, end_step) or preempted
     record = evaluate_splits(setup, eval_fn, state) if is_due(step, training.eval_every, end_step) else {}
-    if record or checkpoint_due or is_due(step, training.log_every, end_step):
+    logged = bool(record) or checkpoint_due or is_due(step, training.log_every, end_step)
+    if first[0] or logged:
+      first[0] = False
+      sj.check_pruned(state.opt_state)
+    if logged:
       train = jax.device_get(window)
       for i, m in enumerate(train):
         check_loss(step - len(train) + 1 + i, m["loss"])

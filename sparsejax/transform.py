@@ -47,12 +47,16 @@ class SparseState(NamedTuple):
     for the rest of that step; their inner state is set to tx.init's before their first real update).
   pending: `set_masks` installed masks since the last update (cleared by the update); the pruners whose masks come
     from outside (snip, grasp, synflow, imp) refuse a first update without.
+  violations: bool vector, one entry per prunable layer and one more: an update found the layer nonzero at pruned
+    weights; the last, a first update without the masks that must come from outside. Kept by `check="record"` for
+    `sj.check_pruned` to raise on the host (`check="raise"` raises from inside the step instead).
   """
   count: jax.Array
   pruner: PrunerState
   inner: optax.OptState
   fresh: PyTree
   pending: jax.Array
+  violations: jax.Array
 
 
 class Slot(NamedTuple):
@@ -111,11 +115,12 @@ def reset_pruned_state(state: PyTree, fresh: PyTree, keep: PyTree) -> PyTree:
   return treedef.unflatten(leaves)
 
 
-def _raise_if_pruned_nonzero(bad, paths, algorithm):
+def _raise_if_pruned_nonzero(bad, paths, algorithm=""):
   bad = np.asarray(bad)
   if bad[-1]:
     raise ValueError(
-        f"sparsejax.sparsify: algorithm {algorithm!r} computes its masks outside the optimizer, and none were "
+        f"sparsejax.sparsify: algorithm {algorithm or '(snip, grasp, synflow or imp)'!r} computes its masks outside "
+        "the optimizer, and none were "
         "installed before the first update, so this run would train dense. Install them first: for snip, grasp and "
         "synflow `masks = sj.prune_at_init(pruner, apply_fn, params, batches)` (or loss_fn=...), then "
         "`opt_state = sj.set_masks(opt_state, masks)` and `params = sj.apply_masks(params, masks)`; for imp, "
@@ -160,23 +165,35 @@ def _count_true(x) -> jax.Array:
   return jnp.dot(x, x)
 
 
-def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="", sharded=False) -> jax.Array:
-  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`, or if
-  `uninstalled` (a bool scalar, or None) is true: masks that must come from outside were never installed.
+def _violations(params, masks, step, uninstalled=None, sharded=False) -> jax.Array:
+  """A bool vector: per prunable layer, whether a weight the masks prune is not exactly 0 in `params`; last,
+  `uninstalled` (a bool scalar, or None): masks that must come from outside were never installed.
 
-  Every weight is looked at within _CHECK_SLICES steps (small layers and sharded ones at every step). Returns an int32 0 that the caller
-  must use (a pure callback whose result is unused would be removed). A pure callback, not `jax.debug.callback`: a
-  computation with side effects loses jit's fast dispatch path (about 2 ms a step on CPU).
+  Every weight is looked at within _CHECK_SLICES steps (small layers and sharded ones at every step).
   """
   # Sharded layers are checked whole at every step: a lax.cond checking them at one step in 32 made the steady FSDP
   # step 1.6-1.7x dense against 1.08x (bench_scale, 8 devices).
   pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step, sharded), masks, params,
                        is_leaf=masks_lib.is_none)
-  bad = masks_lib.mask_leaves(pairs)
-  if not bad and uninstalled is None:
-    return jnp.zeros((), jnp.int32)
-  bad = jnp.concatenate([jnp.stack(bad or [jnp.zeros((), jnp.float32)]) > 0,
-                         jnp.reshape(False if uninstalled is None else uninstalled, (1,))])
+  bad = [b > 0 for b in masks_lib.mask_leaves(pairs)]
+  return jnp.stack(bad + [jnp.reshape(False if uninstalled is None else uninstalled, ()).astype(bool)])
+
+
+def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="", sharded=False) -> jax.Array:
+  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`, or if
+  `uninstalled` (a bool scalar, or None) is true: masks that must come from outside were never installed.
+
+  Returns an int32 0 that the caller must use (a pure callback whose result is unused would be removed).
+  """
+  return _raise_in_step(_violations(params, masks, step, uninstalled, sharded), masks, algorithm)
+
+
+def _raise_in_step(bad, masks, algorithm="") -> jax.Array:
+  """An int32 0, computed by a host callback that raises (from inside jit) when a `_violations` entry is true.
+
+  A pure callback, not `jax.debug.callback` (whose side effect also costs an ordered token), but any host callback
+  makes JAX run the step through its Python dispatch path, which on XLA:CPU also faults in fresh pages at every
+  step: `check="record"` keeps the step free of it."""
   paths = tuple(masks_lib.mask_paths(masks))
   raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths, algorithm)  # noqa: E731
   zero = jax.ShapeDtypeStruct((), jnp.int32)
@@ -202,7 +219,11 @@ def _shard_like(masks, params):
   return jax.tree.map(like, masks, params, is_leaf=masks_lib.is_none)
 
 
-def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.GradientTransformationExtraArgs:
+CHECKS = ("raise", "record")
+
+
+def sparsify(tx: optax.GradientTransformation, pruner: Pruner,
+             check: str = "raise") -> optax.GradientTransformationExtraArgs:
   """Wraps any optax optimizer so that its updates prune and keep pruned weights at exactly 0.
 
   Composition. The update of a pruned weight is -w, which takes it to exactly 0 only if the update is applied as it
@@ -211,6 +232,13 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   its updates (`optax.chain(sparsify(...), optax.scale(0.5))`, the slow-weight sync of `optax.lookahead`) cannot keep
   pruned weights at 0: an update finds a pruned weight that is not 0 (each weight is checked at least every 32 steps)
   and raises an error that says so; the same check catches a sparse start from dense params.
+
+  The check. `check="raise"` (default) raises that error from inside the step, at the step where it happens,
+  through a host callback. A host callback puts every call of the step on JAX's Python dispatch path, which costs
+  time at each step (on XLA:CPU with 8 devices also fresh page faults: `python -m experiments.bench_scale`).
+  `check="record"` keeps no callback in the step: each update records what it found in the state, and
+  `sj.check_pruned(opt_state)` raises the same error on the host; call it after the first step and then every so
+  often (the launcher does, at every log step and before every checkpoint).
   `optax.MultiSteps(sparsify(tx, pruner), k)` accumulates k micro-batches per real update and the pruning schedule
   counts real updates; `sparsify(optax.MultiSteps(tx, k), pruner)` also keeps pruned weights at 0 but its schedule
   counts micro-steps.
@@ -219,6 +247,7 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     tx: the inner optimizer (sgd, momentum, adam, adamw, adafactor, lbfgs, any chain); extra arguments of its update
       (`value`, `grad`, `value_fn`) are passed through.
     pruner: from `sparsejax.create_pruner`.
+    check: "raise" or "record" (see above).
 
   Returns:
     A GradientTransformationExtraArgs whose `update(grads, state, params, **extra_args)` needs params.
@@ -232,6 +261,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
   >>> optax.apply_updates(params, updates)["w"].tolist()
   [[0.0, -3.0], [0.0, 2.0]]
   """
+  if check not in CHECKS:
+    raise ValueError(f"sparsify: check={check!r}; accepted values: {', '.join(map(repr, CHECKS))}")
   inner_tx = optax.with_extra_args_support(tx)
 
   def init_fn(params):
@@ -246,7 +277,9 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     pstate = pstate._replace(masks=_shard_like(pstate.masks, params))
     fresh = jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m), pstate.masks,
                          is_leaf=masks_lib.is_none)
-    return SparseState(jnp.zeros((), jnp.int32), pstate, inner, fresh, jnp.zeros((), bool))
+    layers = len(masks_lib.mask_leaves(pstate.masks))
+    return SparseState(jnp.zeros((), jnp.int32), pstate, inner, fresh, jnp.zeros((), bool),
+                       jnp.zeros((layers + 1,), bool))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
@@ -255,7 +288,12 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     # Masks that come from outside (snip, grasp, synflow, imp) must be installed (set_masks) before the first update.
     uninstalled = (step == 0) & ~state.pending if pruner.installs else None
     sharded = select.per_layer(jax.tree.leaves(params), pruner.config.get("selection", "auto"))
-    checked = _check_pruned_zero(params, pstate.masks, step, uninstalled, pruner.config.get("algorithm", ""), sharded)
+    bad = _violations(params, pstate.masks, step, uninstalled, sharded)
+    if check == "raise" and (uninstalled is not None or masks_lib.mask_leaves(pstate.masks)):
+      checked = _raise_in_step(bad, pstate.masks, pruner.config.get("algorithm", ""))
+    else:  # the loop below starts once the check has read the masks (see there), without a callback in between
+      checked, bad = lax.optimization_barrier((jnp.zeros((), jnp.int32), bad))
+    violations = state.violations | bad
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
     scheduled = pruner.is_update(step)
@@ -299,7 +337,7 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner) -> optax.Gradient
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
     pending = jnp.zeros((), bool)
-    return updates, SparseState(step + 1, pstate, inner, fresh, pending)
+    return updates, SparseState(step + 1, pstate, inner, fresh, pending, violations)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -379,6 +417,31 @@ def get_masks(opt_state, like: PyTree = None) -> PyTree:
 
 def get_step(opt_state) -> jax.Array:
   return masks_lib.pure(_field(_find(opt_state), "count"))
+
+
+def check_pruned(opt_state) -> None:
+  """Raises the error that `sparsify(..., check="raise")` raises inside the step, if any update of a
+  `check="record"` optimizer found a pruned weight nonzero (its updates were changed after sparsify, or training
+  started from params that the masks do not fit) or ran without the masks that snip, grasp, synflow and imp need
+  installed. Reads one small replicated vector from the device (a host sync); returns None when all is well.
+
+  >>> import optax, jax.numpy as jnp, sparsejax as sj
+  >>> tx = sj.sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": "oneshot", "target": 0.5}), check="record")
+  >>> params, state = sj.sparse_init(tx, {"w": jnp.array([[1.0, -3.0], [0.5, 2.0]])})
+  >>> _, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)  # step 0 prunes half
+  >>> sj.check_pruned(state)  # all well: returns None
+  >>> _, state = tx.update({"w": jnp.zeros((2, 2))}, state, {"w": jnp.ones((2, 2))})  # pruned weights not 0
+  >>> sj.check_pruned(state)
+  Traceback (most recent call last):
+  ...
+  ValueError: sparsejax.sparsify: update() was given params that are nonzero at pruned weights in ['w']. ...
+  """
+  state = _find(opt_state)
+  bad = masks_lib.pure(_field(state, "violations"))
+  if isinstance(bad, jax.Array) and not bad.is_fully_addressable:
+    bad = bad.addressable_shards[0].data  # replicated: every process holds all of it
+  masks = masks_lib.pure(_field(_field(state, "pruner"), "masks"))
+  _raise_if_pruned_nonzero(np.asarray(bad), tuple(masks_lib.mask_paths(masks)))
 
 
 def hyperparams(opt_state) -> dict:

@@ -75,6 +75,11 @@ def test_masks_from_outside_must_be_installed(algorithm):
   grads = jax.tree.map(jnp.ones_like, params)
   with pytest.raises(Exception, match=f"algorithm '{algorithm}' computes its masks outside the optimizer"):
     jax.block_until_ready(jax.jit(tx.update)(grads, state, params))
+  recorded = sj.sparsify(optax.sgd(0.1), sj.create_pruner({"algorithm": algorithm, "target": 0.5, "levels": 1}),
+                         check="record")
+  _, bad = jax.jit(recorded.update)(grads, recorded.init(params), params)
+  with pytest.raises(ValueError, match="computes its masks outside the optimizer, and none were installed"):
+    sj.check_pruned(bad)
   masks = sj.get_masks(state)  # installed (all True here, as IMP's dense level 0): the update runs
   state = sj.set_masks(state, masks)
   updates, state = jax.jit(tx.update)(grads, state, params)

@@ -252,10 +252,12 @@ def _sgd_step(tx, loss):
   return step
 
 
+@pytest.mark.parametrize("check", ["raise", "record"])
 @pytest.mark.parametrize("compose", ["chain_after", "lookahead"])
-def test_compositions_after_sparsify_are_refused(compose):
+def test_compositions_after_sparsify_are_refused(compose, check):
   params, loss = _problem()
-  sparse = sj.sparsify(optax.sgd(0.05), sj.create_pruner({"algorithm": "oneshot", "target": 0.5, "begin_step": 1}))
+  sparse = sj.sparsify(optax.sgd(0.05), sj.create_pruner({"algorithm": "oneshot", "target": 0.5, "begin_step": 1}),
+                       check=check)
   if compose == "chain_after":
     tx = optax.chain(sparse, optax.scale(0.5))
     init = params
@@ -273,6 +275,7 @@ def test_compositions_after_sparsify_are_refused(compose):
     for _ in range(6):
       init, state = step(init, state)
       jax.block_until_ready(init)
+    sj.check_pruned(state)  # check="record": the steps ran, and the host check raises what they found
 
 
 def test_lookahead_inside_sparsify_is_refused():
@@ -316,3 +319,29 @@ def test_extra_args_reach_the_inner_optimizer():
   for _ in range(4):  # a constant value: no improvement, so the plateau halves the scale
     _, state = tx.update(jax.grad(loss)(params), state, params, value=jnp.float32(1.0))
   assert float(state.inner[1].scale) < 1.0
+
+
+def test_record_keeps_host_callbacks_out_of_the_step_and_raises_on_the_host():
+  params, loss = _problem()
+  pruner = sj.create_pruner({"algorithm": "gmp", "target": 0.5, "end_step": 4, "update_every": 2})
+  steps = {c: _sgd_step(sj.sparsify(optax.sgd(0.05), pruner, check=c), loss) for c in ("raise", "record")}
+  tx = sj.sparsify(optax.sgd(0.05), pruner, check="record")
+  params, state = sj.sparse_init(tx, params)
+  hlo = {c: f.lower(params, state).as_text() for c, f in steps.items()}
+  assert "python_cpu_callback" in hlo["raise"] and "callback" not in hlo["record"]
+  for _ in range(6):  # pruned by the schedule, every update clean
+    params, state = steps["record"](params, state)
+  assert sj.check_pruned(state) is None
+  assert state.violations.shape == (3,) and not np.asarray(state.violations).any()  # 2 kernels, and "uninstalled"
+  # a pruned weight revived behind sparsify's back is found by the next update and named by the host check
+  pruned = tuple(np.argwhere(~np.asarray(sj.get_masks(state)["dense"]["kernel"]))[0])
+  params["dense"]["kernel"] = params["dense"]["kernel"].at[pruned].set(1.0)
+  params, state = steps["record"](params, state)
+  assert np.asarray(state.violations).tolist() == [True, False, False]
+  with pytest.raises(ValueError, match=r"nonzero at pruned weights in \['dense/kernel'\]"):
+    sj.check_pruned(state)
+
+
+def test_check_must_be_raise_or_record():
+  with pytest.raises(ValueError, match="check='warn'; accepted values: 'raise', 'record'"):
+    sj.sparsify(optax.sgd(0.1), sj.create_pruner({}), check="warn")

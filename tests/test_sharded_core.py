@@ -151,15 +151,19 @@ def test_sharded_training_keeps_shardings_and_moves_only_counts(name, kind):
         assert jax.typeof(x).sharding.spec == owner, path
 
 
-def test_a_bad_update_under_a_mesh_raises_instead_of_hanging():
-  """The zero check's error is raised by every device (a callback on one device would leave the others waiting)."""
+@pytest.mark.parametrize("check", ["raise", "record"])
+def test_a_bad_update_under_a_mesh_raises_instead_of_hanging(check):
+  """The zero check's error is raised by every device (a callback on one device would leave the others waiting);
+  recorded, it is raised by the host check from a replicated vector."""
   mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
-  tx = sj.sparsify(optax.sgd(0.1), sj.create_pruner(ALGORITHMS["rigl"]))
+  tx = sj.sparsify(optax.sgd(0.1), sj.create_pruner(ALGORITHMS["rigl"]), check=check)
   with jax.set_mesh(mesh):
     params = jax.device_put(_params(), NamedSharding(mesh, P("fsdp")))
     state = jax.jit(tx.init)(params)  # rigl starts sparse: these dense params are wrong
     with pytest.raises(Exception, match="nonzero at pruned weights"):
-      jax.block_until_ready(jax.jit(tx.update)(params, state, params))
+      _, state = jax.jit(tx.update)(params, state, params)
+      assert state.violations.sharding.is_fully_replicated
+      sj.check_pruned(state)
 
 
 def test_sharded_params_are_checked_whole_at_every_step():

@@ -92,6 +92,18 @@ def test_pruning_at_init_installs_masks_before_the_first_step(tiny_data, tmp_pat
   assert report.read_metrics(str(tmp_path))[0]["sparsity"] == pytest.approx(0.8, abs=0.01)  # already at step 1
 
 
+def test_the_engine_raises_what_its_updates_record_after_the_first_step(tiny_data, tmp_path, monkeypatch):
+  """The engine's steps keep no host callback (sparsify check="record"); its hooks raise what the updates recorded:
+  here snip's masks are not installed (as a bug in the install would leave them), found after step 1 of 20,
+  before any record or checkpoint is written."""
+  monkeypatch.setattr(train, "install_masks_at_init", lambda state, *a, **k: state)
+  config = tiny_config(steps=20, log_every=10)
+  config["sparsity"] = {"algorithm": "snip", "target": 0.8}
+  with pytest.raises(ValueError, match="computes its masks outside the optimizer, and none were installed"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert report.read_metrics(str(tmp_path)) == []
+
+
 BAD_CONFIGS = [
     ({"training": {"optimizer": "rmsprop"}}, "config.training.optimizer"),
     ({"training": {"learning_rte": 0.1}}, "config.training.learning_rte"),
