@@ -17,21 +17,26 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Optional
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
-def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1, arenas: int = 1) -> bool:
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1,
+                   arenas: Optional[int] = None) -> bool:
   """Keeps blocks up to `mmap_threshold` bytes in glibc's heap, so XLA:CPU reuses the pages of its temporary buffers
   from one step to the next instead of faulting fresh ones in; memory freed stays with the process up to
-  `trim_threshold`; and serves every thread from at most `arenas` heaps. The last matters with several devices (or
-  XLA's worker threads): glibc gives other threads heaps of at most 64 MiB that it shrinks or unmaps when they
-  empty, so a step's temporaries were faulted in afresh at every step; measured on the bench_scale MLP (24M
-  params, Adam) under FSDP on 8 CPU devices: ~21,000 minor faults per dense step and 0.40 s, against 0 and 0.33 s
-  with one arena; on one device 0.42 s against 0.31 s. The same as starting Python with
-  MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_ARENA_MAX=1. Process-wide; call it
-  once, before the first computation (threads that already have a heap keep it). Returns whether glibc accepted
-  the settings (False on other C libraries and platforms, where it does nothing)."""
+  `trim_threshold`. The same as starting Python with MALLOC_MMAP_THRESHOLD_=1073741824
+  MALLOC_TRIM_THRESHOLD_=2147483647. Process-wide; call it once, before the first computation. Returns whether glibc
+  accepted the settings (False on other C libraries and platforms, where it does nothing).
+
+  `arenas=1` (MALLOC_ARENA_MAX=1) also serves every thread from the main heap, for large models on several CPU
+  devices: glibc gives other threads heaps of at most 64 MiB that it shrinks or unmaps when they empty, and the
+  temporaries of each device's step were faulted in afresh at every step. Measured on the bench_scale MLP (24M
+  params, Adam, FSDP on 8 CPU devices, under load): ~21,000 minor page faults per dense step and 0.40 s, against
+  about 0 and 0.33 s with one arena. It costs small single-device steps, whose XLA threads then share one heap's
+  lock: the MLP 784-1024-10 Adam step took 6.2-6.6 ms against 4.8-5.5 ms (bench_steady, alternating runs), so it
+  is not the default. Threads that already have a heap keep it."""
   if not sys.platform.startswith("linux"):
     return False
   try:
@@ -41,4 +46,5 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
   return all([bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))),
-              bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))), bool(mallopt(_M_ARENA_MAX, int(arenas)))])
+              bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))),
+              arenas is None or bool(mallopt(_M_ARENA_MAX, int(arenas)))])

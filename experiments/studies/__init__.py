@@ -134,13 +134,13 @@ def report(entries: Sequence[dict], ctx: Context, command: str, image_dir: str =
   lines = [
       "# Reproductions of record", "",
       f"Generated {datetime.date.today().isoformat()} by `{command}` (scale `{ctx.scale}`, seeds "
-      f"{', '.join(map(str, ctx.seeds))}) on {os.cpu_count()} CPU cores. Wall time: {total / 60:.1f} min in all "
-      f"({cpu}), the sum of the studies' own times, each summed over the invocations that "
-      "resumed it (a study run beside other jobs takes longer in wall time, not in CPU time). Every number below was "
+      f"{', '.join(map(str, ctx.seeds))}) on {os.cpu_count()} CPU cores"
+      + ("." if elapsed is None else f", in {elapsed / 60:.1f} min elapsed, {jobs} "
+         f"stud{'y' if jobs == 1 else 'ies'} at a time (a resumed invocation counts only what it ran or read back).")
+      + f" The studies' own times sum to {total / 60:.1f} min of wall time ({cpu}), each summed over the invocations "
+      "that resumed it (studies run side by side take longer in wall time, not in CPU time). Every number below was "
       "measured by the studies' own runs in <workdir> (this command reads finished ones back); the published numbers "
-      "are quoted from the papers. Verdict rules were written before the runs."
-      + ("" if elapsed is None else f" This invocation took {elapsed / 60:.1f} min elapsed, {jobs} "
-         f"stud{'y' if jobs == 1 else 'ies'} at a time (a resumed invocation counts only what it ran or read back)."),
+      "are quoted from the papers. Verdict rules were written before the runs.",
       "",
       "| # | study | verdict | wall time | CPU time |", "|---|---|---|---|---|"]
   for i, e in enumerate(entries, 1):
