@@ -56,6 +56,17 @@ def _wall_path(ctx: Context, name: str) -> str:
   return ctx.path(name, "wall.json")
 
 
+def _write_if_changed(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically, unless the file already holds it (a resumed study rewrites nothing)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 def _results_path(ctx: Context, name: str) -> str:
   return ctx.path(name, "study_results.json")
 
@@ -85,9 +96,7 @@ def run_study(name: str, ctx: Context, results: Optional[dict] = None) -> dict:
   timing = {"seconds": before["seconds"] + spent, "cpu_seconds": None if known is None else known + cpu}
   with open(wall_path, "w") as f:
     json.dump(timing, f)
-  with open(_results_path(ctx, name) + ".tmp", "w") as f:
-    json.dump(results, f)
-  os.replace(_results_path(ctx, name) + ".tmp", _results_path(ctx, name))
+  _write_if_changed(_results_path(ctx, name), json.dumps(results))
   return _entry(name, study, sub, ctx, results, timing)
 
 
