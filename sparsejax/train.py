@@ -129,7 +129,7 @@ def build(config, workdir: Optional[str] = None) -> Setup:
   model = create_model(config.model.name, dataset.num_classes, **model_kwargs)
   num_steps = config_validation.num_train_steps(config.training, dataset.num_train)
   validation.check_data(config, dataset.num_train, num_steps)
-  # check="record": no host callback in the step (it would put every step on JAX's slower Python dispatch path);
+  # check="record": no host callback in the step (it would put every step on JAX's Python dispatch path);
   # the hooks raise what the updates recorded (sj.check_pruned) after the first step and at every record.
   tx = sj.sparsify(optim.make_optimizer(config.training, num_steps), pruner, check="record")
   mesh = parallel.create_mesh(config.mesh)

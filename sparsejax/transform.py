@@ -192,8 +192,8 @@ def _raise_in_step(bad, masks, algorithm="") -> jax.Array:
   """An int32 0, computed by a host callback that raises (from inside jit) when a `_violations` entry is true.
 
   A pure callback, not `jax.debug.callback` (whose side effect also costs an ordered token), but any host callback
-  makes JAX run the step through its Python dispatch path, which on XLA:CPU also faults in fresh pages at every
-  step: `check="record"` keeps the step free of it."""
+  makes JAX run the step through its Python dispatch path instead of its C++ one: `check="record"` keeps the step
+  free of it."""
   paths = tuple(masks_lib.mask_paths(masks))
   raise_fn = lambda b: _raise_if_pruned_nonzero(b, paths, algorithm)  # noqa: E731
   zero = jax.ShapeDtypeStruct((), jnp.int32)
@@ -234,8 +234,8 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner,
   and raises an error that says so; the same check catches a sparse start from dense params.
 
   The check. `check="raise"` (default) raises that error from inside the step, at the step where it happens,
-  through a host callback. A host callback puts every call of the step on JAX's Python dispatch path, which costs
-  time at each step (on XLA:CPU with 8 devices also fresh page faults: `python -m experiments.bench_scale`).
+  through a host callback. A host callback puts every call of the step on JAX's Python dispatch path instead of
+  its C++ one (measured on CPU: sometimes slower, sometimes faster; `python -m experiments.bench_steady`).
   `check="record"` keeps no callback in the step: each update records what it found in the state, and
   `sj.check_pruned(opt_state)` raises the same error on the host; call it after the first step and then every so
   often (the launcher does, at every log step and before every checkpoint).
