@@ -179,17 +179,9 @@ def _violations(params, masks, step, uninstalled=None, sharded=False) -> jax.Arr
   return jnp.stack(bad + [jnp.reshape(False if uninstalled is None else uninstalled, ()).astype(bool)])
 
 
-def _check_pruned_zero(params, masks, step, uninstalled=None, algorithm="", sharded=False) -> jax.Array:
-  """Raises (at run time, from inside jit) if a weight the masks prune is not exactly 0 in `params`, or if
-  `uninstalled` (a bool scalar, or None) is true: masks that must come from outside were never installed.
-
-  Returns an int32 0 that the caller must use (a pure callback whose result is unused would be removed).
-  """
-  return _raise_in_step(_violations(params, masks, step, uninstalled, sharded), masks, algorithm)
-
-
 def _raise_in_step(bad, masks, algorithm="") -> jax.Array:
-  """An int32 0, computed by a host callback that raises (from inside jit) when a `_violations` entry is true.
+  """An int32 0, computed by a host callback that raises (from inside jit) when a `_violations` entry is true; the
+  caller must use it (a pure callback whose result is unused would be removed).
 
   A pure callback, not `jax.debug.callback` (whose side effect also costs an ordered token), but any host callback
   makes JAX run the step through its Python dispatch path instead of its C++ one: `check="record"` keeps the step

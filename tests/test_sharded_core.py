@@ -174,7 +174,7 @@ def test_sharded_params_are_checked_whole_at_every_step():
   with jax.set_mesh(mesh):
     params = jax.device_put({"w": jnp.ones((64, 64))}, NamedSharding(mesh, P("fsdp")))
     masks = {"w": jnp.arange(64 * 64).reshape(64, 64) % 2 == 0}
-    check = jax.jit(lambda p, m, step: transform._check_pruned_zero(p, m, step, sharded=True))
+    check = jax.jit(lambda p, m, step: transform._raise_in_step(transform._violations(p, m, step, sharded=True), m))
     assert int(check(jax.tree.map(lambda p, m: p * m, params, masks), masks, jnp.int32(5))) == 0
     for step in (5, 32):
       with pytest.raises(Exception, match="nonzero at pruned weights"):

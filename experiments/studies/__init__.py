@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from experiments.studies import common
 from experiments.studies.common import Context, SCALES, VERDICTS, Verdict
 
 __all__ = ["Context", "SCALES", "STUDIES", "VERDICTS", "Verdict", "load", "reproduce", "run_study"]
@@ -62,9 +63,7 @@ def _write_if_changed(path: str, text: str) -> None:
     with open(path) as f:
       if f.read() == text:
         return
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  common.write_atomic(path, text)
 
 
 def _results_path(ctx: Context, name: str) -> str:

@@ -40,6 +40,13 @@ class Verdict(NamedTuple):
   why: str
 
 
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: a killed study never leaves half a result."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
   workdir: str
@@ -65,9 +72,7 @@ class Context:
         return json.load(f)
     value = fn()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(value, f)
-    os.replace(path + ".tmp", path)  # atomic: a killed study never leaves half a result
+    write_atomic(path, json.dumps(value))
     return value
 
   def engine(self, name: str, config) -> dict:
