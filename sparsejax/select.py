@@ -612,7 +612,7 @@ def _sorted_select(scores, ks, eligible, weights, score_fn, per_layer_ks: bool):
   # one scatter-add (a cumulative sum compiles to a chain of reduce-window kernels on XLA:CPU)
   eligible_counts = jax.ops.segment_sum((key > 0).astype(jnp.int32), layer, layers, indices_are_sorted=True)
   if per_layer_ks:
-    k = ks(eligible_counts) if callable(ks) else jnp.stack([_clip_k(x, sz) for x, sz in zip(ks, sizes)])
+    k = ks(eligible_counts) if callable(ks) else _stack_ks(ks, sizes)
     k = jnp.minimum(jnp.maximum(jnp.asarray(k).astype(jnp.int32), 0), eligible_counts)
     _, skey, spos = lax.sort((layer, ~key, pos), num_keys=2, is_stable=True)
     at = jnp.asarray(offsets[:-1], jnp.int32) + jnp.maximum(k - 1, 0)
@@ -668,6 +668,14 @@ def _clip_k(k, limit, dtype=jnp.int32):
   return jnp.minimum(k.astype(dtype), jnp.asarray(limit, dtype))
 
 
+def _stack_ks(ks, limits, dtype=jnp.int32) -> jax.Array:
+  """(L,) counts in `dtype`, each clipped to [0, its limit]: from a list of counts, or from one (L,) array (one
+  fused kernel, where a list of traced counts compiles to a kernel each)."""
+  if isinstance(ks, (list, tuple)):
+    return jnp.stack([_clip_k(x, size, dtype) for x, size in zip(ks, limits)])
+  return _clip_k(ks, np.asarray(limits), dtype)
+
+
 def topk_mask(scores: jax.Array, k, eligible: Optional[jax.Array] = None) -> jax.Array:
   """Bool mask of the k largest scores (ties: lowest flat index first). k may be traced; clipped to [0, n]."""
   return topk_masks([scores], [k], None if eligible is None else [eligible])[0]
@@ -679,7 +687,8 @@ def topk_masks(scores: Sequence[jax.Array], ks, eligible: Optional[Sequence] = N
 
   Args:
     scores: arrays of scores (any shapes), or raw arrays when `score_fn` is given.
-    ks: how many to keep per array (ints or traced), clipped to [0, eligible count].
+    ks: how many to keep per array (a list of ints or traced counts, or one (L,) integer array), clipped to
+      [0, eligible count].
     eligible: optional bool arrays (or None entries); ineligible entries are never selected.
     score_fn: optional elementwise function (jnp.abs) applied to the packed arrays: one kernel for all layers
       instead of one per layer.
@@ -699,8 +708,7 @@ def topk_masks_and_counts(scores: Sequence[jax.Array], ks, eligible: Optional[Se
   layout = _layout(scores, [1] * len(scores), mode)
   keys = layout.keys(scores, eligible, score_fn)
   limits = np.asarray(layout.sizes)
-  k = (lambda c: _clip_k(ks(c), limits, layout.dtype)) if callable(ks) else jnp.stack(
-      [_clip_k(x, size, layout.dtype) for x, size in zip(ks, layout.sizes)])
+  k = (lambda c: _clip_k(ks(c), limits, layout.dtype)) if callable(ks) else _stack_ks(ks, layout.sizes, layout.dtype)
   return _select(layout, keys, k, per_layer=True)
 
 

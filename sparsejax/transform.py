@@ -2,7 +2,7 @@
 
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
-jitted update (a while loop of zero or one iteration, which leaves the masks in place between updates): no
+jitted update (a lax.cond whose other branch leaves the masks in place between updates, with no copy): no
 re-trace, no host round trip; (3) sets the inner optimizer's state of every weight not kept, and of the weights
 grown at the previous step, to what `tx.init` gives (Adagrad's 0.1, not 0), so a pruned weight carries no stale
 moment and a regrown weight starts its first real update from exactly tx.init's state; (4) masks the gradients to
@@ -137,46 +137,49 @@ _CHECK_WHOLE = 1 << 14  # layers up to this size are checked whole at every step
 _CHECK_SLICES = 32      # larger ones one slice of 1/32 at a time, in turn
 
 
-def _unchecked_part(p, m, step, sharded=False):
-  """Whether a pruned weight is nonzero in (a slice of) one layer. A layer of more than _CHECK_WHOLE weights is checked
-  one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every _CHECK_SLICES steps for
-  1/32 of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU; an eighth, 3%). Sharded
-  layers are checked whole, in their own shape: each device counts its shard and only the count moves."""
-  if sharded:  # an OR, not a count: XLA:CPU splits the reduction and materialises its input (1 byte a weight, where
-    # a float32 sum materialised 4 and made the steady FSDP step 1.34x dense against 1.2x; bench_scale, 8 devices)
-    return jnp.any(~m & (p != 0)).astype(jnp.float32)
+def _pruned_nonzero(p, m, step):
+  """Where a pruned weight is nonzero in (a slice of) one layer, flat (bool). A layer of more than _CHECK_WHOLE
+  weights is checked one contiguous slice of 1/_CHECK_SLICES per step, in turn, so every weight is checked every
+  _CHECK_SLICES steps for 1/32 of the cost (a full pass costs ~7% of an Adam step of an 800k-weight MLP on CPU)."""
   p, m = p.reshape(-1), m.reshape(-1)
   n = p.shape[0]
   if n > _CHECK_WHOLE:
     c = -(-n // _CHECK_SLICES)
-    dtype = select.count_dtype(n)  # positions past 2**31 in uint32 (or int64 under x64)
-    start = jnp.minimum((step % _CHECK_SLICES).astype(dtype) * dtype(c), dtype(n - c))
+    count = select.count_dtype(n)  # positions past 2**31 in uint32 (or int64 under x64)
+    start = jnp.minimum((step % _CHECK_SLICES).astype(count) * count(c), count(n - c))
     p, m = lax.dynamic_slice(p, (start,), (c,)), lax.dynamic_slice(m, (start,), (c,))
-  return _count_true(~m & (p != 0))
-
-
-def _count_true(x) -> jax.Array:
-  """How many entries of a bool array are True, as float32 (exact below 2**24; only compared with 0 here).
-
-  A dot product, not a reduction: XLA:CPU splits every reduction into a chain of up to four kernels, each compiled
-  on its own, while a dot is one library call; for ResNet-20's 22 layers this halves the compile time of the check.
-  """
-  x = x.reshape(-1).astype(jnp.float32)
-  return jnp.dot(x, x)
+  return ~m & (p != 0)
 
 
 def _violations(params, masks, step, uninstalled=None, sharded=False) -> jax.Array:
   """A bool vector: per prunable layer, whether a weight the masks prune is not exactly 0 in `params`; last,
   `uninstalled` (a bool scalar, or None): masks that must come from outside were never installed.
 
-  Every weight is looked at within _CHECK_SLICES steps (small layers and sharded ones at every step).
+  Every weight is looked at within _CHECK_SLICES steps (small layers and sharded ones at every step). The layers'
+  parts are stacked, padded to the longest, and reduced at once: XLA:CPU compiles each kernel on its own (about
+  10-20 ms each), and a reduction per layer compiled to a chain of three or four (94 kernels for ResNet-20's 22
+  layers, 24 this way). Where padding would pass 4x what is checked (many small layers beside a large one), each
+  layer is reduced by itself.
   """
-  # Sharded layers are checked whole at every step: a lax.cond checking them at one step in 32 made the steady FSDP
-  # step 1.6-1.7x dense against 1.08x (bench_scale, 8 devices).
-  pairs = jax.tree.map(lambda m, p: None if m is None else _unchecked_part(p, m, step, sharded), masks, params,
-                       is_leaf=masks_lib.is_none)
-  bad = [b > 0 for b in masks_lib.mask_leaves(pairs)]
-  return jnp.stack(bad + [jnp.reshape(False if uninstalled is None else uninstalled, ()).astype(bool)])
+  pairs = []  # (param, mask) of each prunable layer, in the order of the mask tree's arrays
+  jax.tree.map(lambda m, p: None if m is None else pairs.append((p, m)), masks, params, is_leaf=masks_lib.is_none)
+  last = jnp.reshape(False if uninstalled is None else uninstalled, (1,)).astype(bool)
+  if not pairs:
+    return last
+  if sharded:
+    # Sharded layers are checked whole at every step, in their own shape: each device counts its shard and only the
+    # result moves. An OR: XLA:CPU splits the reduction and materialises its input (1 byte a weight, where a float32
+    # sum materialised 4: 1.34x dense against 1.2x, bench_scale FSDP 8 devices); a lax.cond checking one step in 32
+    # made the step 1.6-1.7x dense against 1.08x.
+    bad = jnp.stack([jnp.any(~m & (p != 0)) for p, m in pairs])
+  else:
+    parts = [_pruned_nonzero(p, m, step) for p, m in pairs]
+    widest = max(x.shape[0] for x in parts)
+    if len(parts) * widest <= 4 * sum(x.shape[0] for x in parts):
+      bad = jnp.any(jnp.stack([jnp.pad(x, (0, widest - x.shape[0])) for x in parts]), axis=1)
+    else:
+      bad = jnp.stack([jnp.any(x) for x in parts])
+  return jnp.concatenate([bad, last])
 
 
 def _raise_in_step(bad, masks, algorithm="") -> jax.Array:
@@ -283,39 +286,38 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner,
     bad = _violations(params, pstate.masks, step, uninstalled, sharded)
     if check == "raise" and (uninstalled is not None or masks_lib.mask_leaves(pstate.masks)):
       checked = _raise_in_step(bad, pstate.masks, pruner.config.get("algorithm", ""))
-    else:  # the loop below starts once the check has read the masks (see there), without a callback in between
-      checked, bad = lax.optimization_barrier((jnp.zeros((), jnp.int32), bad))
+    else:
+      # An int32 0 computed from the check's result, which XLA cannot fold (a sum of bools is never negative): the
+      # mask update below waits on it, and so the check's reads of params and masks come before the update's
+      # in-place writes. Without it XLA copied every donated param and mask at every step to keep them for the
+      # check (MLP 784-1024-10, Adam: 1.10-1.15x dense against 0.98-1.02x).
+      checked = (jnp.sum(bad.astype(jnp.int32)) < 0).astype(jnp.int32)
     violations = state.violations | bad
     if pruner.observe is not None:
       pstate = pruner.observe(params, grads, pstate, step)
     scheduled = pruner.is_update(step)
 
-    def refresh(carry):
-      i, ps, fresh = carry
-      # The barrier ties every input of the update to the loop counter, so that XLA cannot hoist the score
-      # computation (a pass over every weight) out of the loop and run it at every step, even when the loop runs
-      # zero times. Pruner arrays that the update leaves unchanged (movement's importance) would be hoisted too.
-      p, g, ps, _ = lax.optimization_barrier((params, grads, ps, i))
-      new = pruner.update(p, g, ps, step)
+    def refresh(operands):
+      ps, fresh = operands
+      new = pruner.update(params, grads, ps, step)
       new = new._replace(masks=_shard_like(new.masks, params))
       if pruner.grows:  # the weights grown now stay exactly 0 for this step (keep = new & old = new & ~grown)
         fresh = jax.tree.map(lambda n, o: None if n is None else n & ~o, new.masks, ps.masks,
                              is_leaf=masks_lib.is_none)
-      return i + 1, new, fresh
+      return new, fresh
 
-    # A loop of zero or one iteration instead of lax.cond: a while loop updates its carry in place, so between mask
-    # updates masks pass through untouched, where a cond copies them twice per step on XLA:CPU. Its counter starts
-    # at the check's result (0): the check then reads the masks before the loop can update them in place, and XLA
-    # need not copy masks and params to keep them for it.
+    # A cond whose predicate waits on the check (see above): between mask updates its other branch hands masks and
+    # pruner arrays through, and XLA updates them in place, with no copy. (A while loop of zero or one iteration
+    # did the same only at a cost: XLA hoisted loop-invariant work out of it, run at every step, and copied params.)
+    ok = checked == 0  # always true (the callback raises otherwise); the update's writes wait on it
+    pstate, fresh = lax.cond(scheduled & ok, refresh, lambda operands: operands, (pstate, state.fresh))
     if pruner.grows:
-      _, pstate, fresh = lax.while_loop(lambda c: (c[0] == 0) & scheduled, refresh, (checked, pstate, state.fresh))
       # `fresh` holds the weights grown at the last mask update; they wait at 0 for the rest of that step.
-      keep = jax.tree.map(lambda m, f: None if m is None else m & ~(f & scheduled), pstate.masks, fresh,
+      keep = jax.tree.map(lambda m, f: None if m is None else m & ~(f & scheduled) & ok, pstate.masks, fresh,
                           is_leaf=masks_lib.is_none)
-    else:
-      _, pstate = lax.while_loop(lambda c: (c[0] == 0) & scheduled, lambda c: refresh((*c, None))[:2],
-                                 (checked, pstate))
-      fresh, keep = state.fresh, pstate.masks
+    else:  # `& ok` also where no mask update can run (a constant schedule: the cond above is gone)
+      fresh, keep = state.fresh, jax.tree.map(lambda m: None if m is None else m & ok, pstate.masks,
+                                              is_leaf=masks_lib.is_none)
     # Before this step's update, the inner state of every weight not kept is set to what tx.init gives, and so is
     # that of the weights grown at the previous step's mask update (or by set_masks), which start their first real
     # update now: from exactly tx.init's state, even for optimizers whose state moves under zero gradients

@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax import distributions, granularity, masks as masks_lib, select, units
 
@@ -175,9 +176,7 @@ def select_masks(plan: Plan, scores: list, sparsity_t, eligible: Optional[list] 
       g.pool(e.astype(jnp.float32)) > 0 for g, e in zip(grans, eligible)]
   groups = [g.num_groups(s) for g, s in zip(grans, plan.shapes)]
   if plan.sparsities is not None:
-    ks = [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
-          for i, n in enumerate(groups)]
-    chosen = select.topk_masks(pooled, ks, elig, score_fn, plan.selection)
+    chosen = select.topk_masks(pooled, _layer_counts(plan, sparsity_t, groups), elig, score_fn, plan.selection)
   else:
     chosen = _global_with_floor(plan, pooled, groups, sparsity_t, elig, score_fn)
   return chosen if unstructured else [g.expand(c, s) for g, c, s in zip(grans, chosen, plan.shapes)]
@@ -212,6 +211,23 @@ def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Arra
     now = ops.clip(jnp.round((1.0 - jnp.asarray(current, jnp.float32)) * jnp.float32(size)), size)
     return select.Wide(jnp.where(at_target, exact.hi, now.hi), jnp.where(at_target, exact.lo, now.lo))
   return jnp.where(at_target, distributions.keep_count(final, size), distributions.keep_count(current, size))
+
+
+def _layer_counts(plan: Plan, sparsity_t, groups):
+  """Per layer, `_count` of its final sparsity split at `sparsity_t`: one (L,) int32 array computed by one fused
+  kernel (a list of per-layer scalar counts compiled to a kernel each), with the same float32 arithmetic per layer;
+  a list of `_count`s where a layer's count needs more than int32."""
+  if max(groups) > select._INT32_MAX:
+    return [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
+            for i, n in enumerate(groups)]
+  exact = np.asarray([round((1.0 - float(f)) * n) for f, n in zip(plan.sparsities, groups)], np.int32)
+  at_target = jnp.asarray(sparsity_t, jnp.float32) == jnp.float32(plan.target)
+  if plan.target <= 0:
+    current = jnp.zeros(len(groups), jnp.float32)
+  else:  # plan.layer_sparsity, per layer: sparsities[i] * (s_t / target) in float32
+    current = jnp.asarray(np.asarray(plan.sparsities, np.float32)) * (sparsity_t / plan.target)
+  now = jnp.round((1.0 - current.astype(jnp.float32)) * jnp.asarray(np.asarray(groups, np.float32)))
+  return jnp.where(at_target, jnp.asarray(exact), now.astype(jnp.int32))
 
 
 def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=None):

@@ -72,7 +72,7 @@ def drop_and_grow(grans, masks: list, drop_scores: list, grow_scores: list, frac
   kept = [_groups(g, m) for g, m in zip(grans, masks)]
   n_drop = lambda nnz: jnp.round(fraction * nnz).astype(jnp.int32)  # noqa: E731
   survive, nnz = select.topk_masks_and_counts(drop_scores, lambda nnz: nnz - n_drop(nnz), kept, drop_fn, mode)
-  grown = select.topk_masks(grow_scores, list(n_drop(nnz)), [~s for s in survive], grow_fn, mode)
+  grown = select.topk_masks(grow_scores, n_drop(nnz), [~s for s in survive], grow_fn, mode)
   chosen = [s | r for s, r in zip(survive, grown)]
   return chosen if unstructured else [g.expand(c, m.shape) for g, c, m in zip(grans, chosen, masks)]
 
