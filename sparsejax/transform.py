@@ -3,13 +3,15 @@
 The wrapped update (1) checks that the params it is given are 0 wherever the masks prune (see "Composition" in
 `sparsify`); (2) at schedule steps recomputes the masks from the current weights and dense gradients inside the same
 jitted update (a lax.cond whose other branch leaves the masks in place between updates, with no copy): no
-re-trace, no host round trip; (3) sets the inner optimizer's state of every weight not kept, and of the weights
-grown at the previous step, to what `tx.init` gives (Adagrad's 0.1, not 0), so a pruned weight carries no stale
-moment and a regrown weight starts its first real update from exactly tx.init's state; (4) masks the gradients to
+re-trace, no host round trip; (3) at a step that changes masks, sets the inner optimizer's state of every weight not
+kept, and one step later of the weights grown then, to what `tx.init` gives (Adagrad's 0.1, not 0), so a pruned
+weight carries no stale moment (with zero gradients, it stays there under SGD, momentum, Adam or Adagrad) and a
+regrown weight starts its first real update from exactly tx.init's state; (4) masks the gradients to
 the weights kept at this step (a weight grown now waits one step at 0), so the state of pruned weights sees only
 zero gradients; (5) runs the inner optimizer, passing on any extra arguments (`value`, `grad`, `value_fn`); and (6)
 returns updates that take every pruned weight to exactly 0 and never move it: for a pruned weight the update is -w,
-and w + (-w) == 0 exactly in floating point. (3), (4) and (6) fuse with the optimizer's own elementwise pass.
+and w + (-w) == 0 exactly in floating point. (4) and (6) fuse with the optimizer's own elementwise pass; (3) runs in a
+cond, only at the steps it names.
 
 Which leaves of the inner optimizer's state belong to which weight is found by path and shape (`state_slots`), so any
 layout works: `optax.chain`, `multi_transform`, `masked`, `MultiSteps`, `inject_hyperparams`, a bare array as params.
@@ -318,15 +320,22 @@ def sparsify(tx: optax.GradientTransformation, pruner: Pruner,
     else:  # `& ok` also where no mask update can run (a constant schedule: the cond above is gone)
       fresh, keep = state.fresh, jax.tree.map(lambda m: None if m is None else m & ok, pstate.masks,
                                               is_leaf=masks_lib.is_none)
-    # Before this step's update, the inner state of every weight not kept is set to what tx.init gives, and so is
-    # that of the weights grown at the previous step's mask update (or by set_masks), which start their first real
-    # update now: from exactly tx.init's state, even for optimizers whose state moves under zero gradients
-    # (rmsprop's initial_scale, Adafactor, L-BFGS). In the optimizer's own elementwise pass, like the gradient mask
-    # and the final select; resetting after the update instead made XLA copy each moment at every step.
+    # Before the update of a step that changes masks, the inner state of every weight not kept is set to what tx.init
+    # gives, and so, one step later, is that of the weights grown then (or by set_masks), which start their first
+    # real update now: from exactly tx.init's state, even for optimizers whose state moves under zero gradients
+    # (rmsprop's initial_scale, Adafactor, L-BFGS). Between those steps pruned weights get zero gradients, so their
+    # state stays at tx.init's for optimizers whose state does not move under them (SGD, momentum, Adam, Adagrad);
+    # others let it drift, unseen: the weight stays 0, and its state is set again if it is grown. In a cond (in
+    # place, no copy) instead of at every step: a steady step reads neither `fresh` nor tx.init's values
+    # (MLP 784-4096-10, Adam: 1.02x dense against 1.05x).
     just_grown = (step > 0) & pruner.is_update(jnp.maximum(step - 1, 0)) | state.pending
-    kept_state = jax.tree.map(lambda k, f: None if k is None else k & ~(f & just_grown), keep, state.fresh,
-                              is_leaf=masks_lib.is_none)
-    inner = reset_pruned_state(state.inner, inner_tx.init(params), kept_state)
+
+    def reset(inner):
+      kept_state = jax.tree.map(lambda k, f: None if k is None else k & ~(f & just_grown), keep, state.fresh,
+                                is_leaf=masks_lib.is_none)
+      return reset_pruned_state(inner, inner_tx.init(params), kept_state)
+
+    inner = lax.cond((scheduled | just_grown) & ok, reset, lambda inner: inner, state.inner)
     updates, inner = inner_tx.update(masks_lib.apply_masks(grads, keep), inner, params, **extra_args)
     updates = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p), keep, updates, params,
                            is_leaf=masks_lib.is_none)
