@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax import select
 
@@ -94,8 +95,9 @@ def layer_sparsities(distribution: str, shapes: Mapping[str, Sequence[int]], tar
   return {p: out[p] for p in shapes}
 
 
-def keep_count(sparsity, size: int) -> jax.Array:
-  """Entries kept in a layer of `size` at `sparsity`: round((1 - sparsity) * size), ties to even.
+def keep_count(sparsity, size) -> jax.Array:
+  """Entries kept in a layer of `size` at `sparsity`: round((1 - sparsity) * size), ties to even. A traced
+  sparsity may be an (L,) array with `size` a sequence of L sizes: the counts of L layers at once.
 
   A Python or NumPy number is counted on the host in float64, exactly for any size a mask can have
   (`keep_count(0.9, 10**8)` is 10**7). A traced sparsity (a schedule's value between its ends, float32) is counted in
@@ -103,10 +105,11 @@ def keep_count(sparsity, size: int) -> jax.Array:
   The dtype is `select.count_dtype(size)`: int32 below 2**31, else int64 under `jax_enable_x64`, else uint32 (sizes
   below 2**32; a ValueError past that).
   """
-  dtype = select.count_dtype(int(size))
+  sizes = np.asarray(size, np.int64)
+  dtype = select.count_dtype(int(sizes.max()))
   if isinstance(sparsity, numbers.Real):
-    return jnp.asarray(round((1.0 - float(sparsity)) * size), dtype)
-  return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * jnp.float32(size)).astype(dtype)
+    return jnp.asarray(round((1.0 - float(sparsity)) * int(size)), dtype)
+  return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * jnp.asarray(sizes, jnp.float32)).astype(dtype)
 
 
 def floor_counts(sizes: Sequence[int], min_density: float) -> list[int]:

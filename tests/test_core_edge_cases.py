@@ -92,7 +92,7 @@ def test_keep_count_is_exact_at_any_size():
 def test_the_target_count_is_exact_under_jit():
   """A float32 sparsity of 0.9 is 0.899999976; the count at the schedule's end uses the Python target."""
   plan = sj.pruners.base.Plan(("w",), ((10**4, 10**4),), (0.9,), 0.9, sj.granularity.parse("unstructured"), 0.0)
-  k = jax.jit(lambda s: sj.pruners.base._count(plan, s, 0.9, plan.layer_sparsity(0, s), 10**8))(jnp.float32(0.9))
+  k = jax.jit(lambda s: sj.pruners.base._count(plan, s, 0.9, plan.layer_sparsities(s)[0], 10**8))(jnp.float32(0.9))
   assert int(k) == 10**7
 
 

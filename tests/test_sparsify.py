@@ -203,28 +203,35 @@ def test_scores_are_computed_only_inside_the_mask_update(algorithm, selection):
   cfg = {"algorithm": algorithm, "target": 0.5, "end_step": 10, "update_every": 2, "selection": selection}
   tx = sj.sparsify(optax.adam(1e-2), sj.create_pruner(cfg))
   hlo = _make_step(tx, loss, []).lower(params, tx.init(params)).compile().as_text()
-  entry = hlo[hlo.index("ENTRY"):]
-  entry = entry[:entry.index("\n}\n")]
-
-  def u32_sizes(text):
-    return [int(np.prod([int(d) for d in dims.split(",") if d])) for dims in re.findall(r"u32\[([\d,]*)\]", text)]
-
-  assert max(u32_sizes(entry), default=0) <= 4  # PRNG keys at most, no sort keys of the weights
-  assert max(u32_sizes(hlo)) >= 12 * 16  # the keys exist, inside the update's sub-computation
+  entry = _entry(hlo)
+  assert max(_sizes("u32", entry), default=0) <= 4  # PRNG keys at most, no sort keys of the weights
+  assert max(_sizes("u32", hlo)) >= 12 * 16  # the keys exist, inside the update's sub-computation
   # nor positions or layer ids (int32, built from iotas: loop-invariant, they were once hoisted and built every step)
-  assert max([int(np.prod([int(d) for d in dims.split(",") if d])) for dims in re.findall(r"s32\[([\d,]*)\]", entry)],
-             default=0) < 12 * 16
+  assert max(_sizes("s32", entry), default=0) < 12 * 16
 
 
-def _entry_copies(tx, params, loss, donate):
-  """Sizes of the arrays that the compiled step's top level copies (donated buffers, as the launcher runs it)."""
+def _entry(hlo: str) -> str:
+  """The top-level computation of a compiled module's text."""
+  entry = hlo[hlo.index("ENTRY"):]
+  return entry[:entry.index("\n}\n")]
+
+
+def _size(dims: str) -> int:
+  return int(np.prod([int(d) for d in dims.split(",") if d]))
+
+
+def _sizes(dtype: str, text: str) -> list:
+  """Element counts of every array of `dtype` named in HLO text."""
+  return [_size(dims) for dims in re.findall(dtype + r"\[([\d,]*)\]", text)]
+
+
+def _entry_copies(tx, params, loss):
+  """(dtype, size) of the arrays that the compiled step's top level copies, buffers donated as the launcher does."""
   def step(params, state):
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     return optax.apply_updates(params, updates), state
-  hlo = jax.jit(step, donate_argnums=(0, 1) if donate else ()).lower(params, tx.init(params)).compile().as_text()
-  entry = hlo[hlo.index("ENTRY"):]
-  return sorted((dtype, int(np.prod([int(d) for d in dims.split(",") if d])))
-                for dtype, dims in re.findall(r"= (\w+)\[([\d,]*)\]\S* copy\(", entry[:entry.index("\n}\n")]))
+  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile().as_text()
+  return sorted((dtype, _size(dims)) for dtype, dims in re.findall(r"= (\w+)\[([\d,]*)\]\S* copy\(", _entry(hlo)))
 
 
 @pytest.mark.parametrize("check", ["raise", "record"])
@@ -236,9 +243,9 @@ def test_a_step_copies_no_param_or_mask_more_than_the_dense_step(algorithm, chec
   at the last update: the step reads them after the mask update has written the new ones."""
   params, loss = _problem()
   cfg = {"algorithm": algorithm, "target": 0.5, "end_step": 10, "update_every": 2}
-  dense = _entry_copies(optax.adam(1e-2), params, loss, donate=True)
+  dense = _entry_copies(optax.adam(1e-2), params, loss)
   pruner = sj.create_pruner(cfg)
-  sparse = _entry_copies(sj.sparsify(optax.adam(1e-2), pruner, check=check), params, loss, True)
+  sparse = _entry_copies(sj.sparsify(optax.adam(1e-2), pruner, check=check), params, loss)
   big = lambda copies: [c for c in copies if c[1] >= 16 * 3 and not (pruner.grows and c[0] == "pred")]  # noqa: E731
   assert not collections.Counter(big(sparse)) - collections.Counter(big(dense))  # none that the dense step has not
   if pruner.grows:

@@ -74,12 +74,12 @@ class Plan:
   def sizes(self):
     return tuple(_prod(s) for s in self.shapes)
 
-  def layer_sparsity(self, i: int, sparsity_t):
-    """Sparsity of layer i when the overall schedule is at sparsity_t: the final split scaled by s_t / target, so the
-    total follows the schedule (with target 0 nothing is pruned)."""
+  def layer_sparsities(self, sparsity_t) -> jax.Array:
+    """(L,) float32: the sparsity of each layer when the overall schedule is at sparsity_t, the final split scaled
+    by s_t / target, so the total follows the schedule (with target 0 nothing is pruned)."""
     if self.target <= 0:
-      return jnp.zeros((), jnp.float32)
-    return self.sparsities[i] * (sparsity_t / self.target)
+      return jnp.zeros((len(self.shapes),), jnp.float32)
+    return jnp.asarray(np.asarray(self.sparsities, np.float32)) * (sparsity_t / self.target)
 
 
 def _prod(shape):
@@ -214,20 +214,15 @@ def _count(plan: Plan, sparsity_t, final: float, current, size: int) -> jax.Arra
 
 
 def _layer_counts(plan: Plan, sparsity_t, groups):
-  """Per layer, `_count` of its final sparsity split at `sparsity_t`: one (L,) int32 array computed by one fused
-  kernel (a list of per-layer scalar counts compiled to a kernel each), with the same float32 arithmetic per layer;
-  a list of `_count`s where a layer's count needs more than int32."""
+  """Per layer, `_count` of its final sparsity split at `sparsity_t`, as one (L,) array computed by one fused kernel
+  (a list of per-layer scalar counts compiled to a kernel each); a list of `_count`s where a count needs more than
+  int32."""
+  current = plan.layer_sparsities(sparsity_t)
   if max(groups) > select._INT32_MAX:
-    return [_count(plan, sparsity_t, plan.sparsities[i], plan.layer_sparsity(i, sparsity_t), n)
-            for i, n in enumerate(groups)]
-  exact = np.asarray([round((1.0 - float(f)) * n) for f, n in zip(plan.sparsities, groups)], np.int32)
+    return [_count(plan, sparsity_t, f, current[i], n) for i, (f, n) in enumerate(zip(plan.sparsities, groups))]
   at_target = jnp.asarray(sparsity_t, jnp.float32) == jnp.float32(plan.target)
-  if plan.target <= 0:
-    current = jnp.zeros(len(groups), jnp.float32)
-  else:  # plan.layer_sparsity, per layer: sparsities[i] * (s_t / target) in float32
-    current = jnp.asarray(np.asarray(plan.sparsities, np.float32)) * (sparsity_t / plan.target)
-  now = jnp.round((1.0 - current.astype(jnp.float32)) * jnp.asarray(np.asarray(groups, np.float32)))
-  return jnp.where(at_target, jnp.asarray(exact), now.astype(jnp.int32))
+  exact = jnp.stack([distributions.keep_count(f, n) for f, n in zip(plan.sparsities, groups)])  # constants
+  return jnp.where(at_target, exact, distributions.keep_count(current, groups))
 
 
 def _global_with_floor(plan: Plan, pooled, groups, sparsity_t, elig, score_fn=None):
